@@ -1,0 +1,194 @@
+"""Device profiles: register maps as data files, validated when loaded.
+
+A profile (``drivers/profiles/<name>.yaml``) lists a device family's points. Point names
+are the house's standard names (``active_power_w``, ``soc``...) so that capabilities can
+be derived from them; see ``docs/drivers.md``.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from functools import cache
+from pathlib import Path
+from typing import Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drivers.registers import TYPE_TABLE, RegisterType, WordOrder, register_count
+
+PROFILE_DIR = Path(__file__).parent / "profiles"
+MAX_READ_REGISTERS = 125  # the protocol's limit for one read (FC 3/4)
+
+
+class Table(StrEnum):
+    HOLDING = "holding"
+    INPUT = "input"
+
+
+class Access(StrEnum):
+    READ = "r"
+    READ_WRITE = "rw"
+
+
+class PollClass(StrEnum):
+    """How often a point is read: fast (power, SOC, PCC), slow (counters), once (nameplate)."""
+
+    FAST = "fast"
+    SLOW = "slow"
+    ONCE = "once"
+
+
+class Capability(StrEnum):
+    """What the controller may ask of a device; derived from its points."""
+
+    READS_ACTIVE_POWER = "reads_active_power"
+    SETS_ACTIVE_POWER_LIMIT = "sets_active_power_limit"
+    ACCEPTS_POWER_SETPOINT = "accepts_power_setpoint"
+    HAS_SOC = "has_soc"
+    READS_EXPORT = "reads_export"
+
+
+_CAPABILITY_POINTS: dict[Capability, tuple[str, Access]] = {
+    Capability.READS_ACTIVE_POWER: ("active_power_w", Access.READ),
+    Capability.SETS_ACTIVE_POWER_LIMIT: ("active_power_limit_w", Access.READ_WRITE),
+    Capability.ACCEPTS_POWER_SETPOINT: ("power_setpoint_w", Access.READ_WRITE),
+    Capability.HAS_SOC: ("soc", Access.READ),
+    Capability.READS_EXPORT: ("export_w", Access.READ),
+}
+
+
+class Point(BaseModel):
+    """One value on a device: where it lives, how to decode it, and what it means."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    table: Table
+    address: int = Field(ge=0, le=0xFFFF)
+    type: RegisterType
+    length: int = Field(default=0, ge=0, description="string points: registers")
+    word_order: WordOrder | None = None
+    scale: float = 1.0
+    unit: str = ""
+    access: Access = Access.READ
+    write_min: float | None = None
+    write_max: float | None = None
+    valid_min: float | None = None
+    valid_max: float | None = None
+    poll: PollClass = PollClass.FAST
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.scale == 0:
+            raise ValueError(f"point {self.name}: scale 0 is not allowed (value = raw × scale)")
+        if self.type is RegisterType.STRING and self.length <= 0:
+            raise ValueError(f"point {self.name}: a string point needs 'length' > 0 registers")
+        if self.access is Access.READ and (self.write_min is not None or self.write_max is not None):
+            raise ValueError(f"point {self.name}: write_min/write_max need access 'rw'")
+        if self.access is Access.READ_WRITE and self.table is Table.INPUT:
+            raise ValueError(f"point {self.name}: input registers cannot be written")
+        end = self.address + self.registers
+        if end > 0x10000:
+            raise ValueError(f"point {self.name}: registers {self.address}..{end - 1} exceed 65535")
+        return self
+
+    @property
+    def registers(self) -> int:
+        return register_count(self.type, self.length)
+
+    def writable_range(self) -> tuple[float, float]:
+        """Allowed engineering values for a write: the profile's range within the type's."""
+        info = TYPE_TABLE[self.type]
+        lo_raw, hi_raw = sorted((info.min_value * self.scale, info.max_value * self.scale))
+        lo = lo_raw if self.write_min is None else max(lo_raw, self.write_min)
+        hi = hi_raw if self.write_max is None else min(hi_raw, self.write_max)
+        return lo, hi
+
+
+class Profile(BaseModel):
+    """A device family's register map."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    kind: str = Field(pattern=r"^(pv|wind|battery|load|meter)$")
+    description: str = ""
+    word_order: WordOrder = WordOrder.BIG
+    points: tuple[Point, ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        names = [p.name for p in self.points]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"profile {self.name}: duplicate point names {sorted(dup)}")
+        for table in Table:
+            spans = sorted(
+                (p.address, p.address + p.registers, p.name) for p in self.points if p.table == table
+            )
+            for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
+                if start_b < end_a:
+                    raise ValueError(
+                        f"profile {self.name}: points {name_a} and {name_b} overlap in the "
+                        f"{table} table at register {start_b}"
+                    )
+        return self
+
+    def point(self, name: str) -> Point:
+        for p in self.points:
+            if p.name == name:
+                return p
+        raise KeyError(f"profile {self.name} has no point {name!r}")
+
+    def order_of(self, point: Point) -> WordOrder:
+        return point.word_order or self.word_order
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        have = {(p.name, p.access) for p in self.points}
+        caps = set()
+        for cap, (name, access) in _CAPABILITY_POINTS.items():
+            if (name, access) in have or (access is Access.READ and (name, Access.READ_WRITE) in have):
+                caps.add(cap)
+        return frozenset(caps)
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be found or does not validate."""
+
+
+def load_profile_file(path: Path) -> Profile:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"cannot read profile {path.name}: {exc}") from exc
+    try:
+        return Profile.model_validate(data)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            for e in exc.errors()
+        ]
+        raise ProfileError(f"profile {path.name} is invalid:\n" + "\n".join(lines)) from exc
+
+
+def shipped_profiles() -> list[str]:
+    """Names of the profiles that ship with the package."""
+    return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
+
+
+@cache
+def load_profile(name: str) -> Profile:
+    """Load a shipped profile by name, or a profile file by path."""
+    path = Path(name)
+    if path.suffix in {".yaml", ".yml"} and path.exists():
+        return load_profile_file(path)
+    candidate = PROFILE_DIR / f"{name}.yaml"
+    if not candidate.exists():
+        raise ProfileError(
+            f"unknown profile {name!r}; shipped profiles are {', '.join(shipped_profiles())}, "
+            "or give a path to a .yaml file"
+        )
+    return load_profile_file(candidate)

@@ -1,0 +1,100 @@
+"""Device physics as pure functions: PV, wind, battery, load.
+
+Everything here works on numbers and numpy arrays; no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pvlib
+
+from sim.spec import BatterySpec, PvSpec, WindSpec
+
+TEMP_COEFF_PER_K = -0.0037  # crystalline silicon power temperature coefficient [1/K]
+INVERTER_EFFICIENCY = 0.97
+NOCT_RISE_K_PER_W_M2 = 0.025  # cell temperature rise over air per irradiance [K/(W/m²)]
+
+
+def pv_clear_sky_poa_w_m2(times: pd.DatetimeIndex, *, latitude: float, longitude: float,
+                          altitude_m: float, tilt_deg: float, azimuth_deg: float) -> np.ndarray:
+    """Clear-sky plane-of-array irradiance [W/m²] (pvlib Ineichen with Linke turbidity)."""
+    loc = pvlib.location.Location(latitude, longitude, altitude=altitude_m)
+    solpos = loc.get_solarposition(times)
+    cs = loc.get_clearsky(times, model="ineichen", solar_position=solpos)
+    poa = pvlib.irradiance.get_total_irradiance(
+        surface_tilt=tilt_deg, surface_azimuth=azimuth_deg,
+        solar_zenith=solpos["apparent_zenith"], solar_azimuth=solpos["azimuth"],
+        dni=cs["dni"], ghi=cs["ghi"], dhi=cs["dhi"],
+    )
+    return np.nan_to_num(np.asarray(poa["poa_global"], dtype=float), nan=0.0).clip(min=0.0)
+
+
+def pv_ac_power_w(poa_w_m2: np.ndarray, temp_air_c: np.ndarray, spec: PvSpec) -> np.ndarray:
+    """AC power [W] of a PV plant from plane-of-array irradiance and air temperature.
+
+    DC power scales with irradiance and falls with cell temperature; the inverter converts
+    with a constant efficiency and clips at its AC rating.
+    """
+    temp_cell = temp_air_c + NOCT_RISE_K_PER_W_M2 * poa_w_m2
+    p_dc = spec.dc_power_w * poa_w_m2 / 1000.0 * (1.0 + TEMP_COEFF_PER_K * (temp_cell - 25.0))
+    return np.clip(p_dc * INVERTER_EFFICIENCY, 0.0, spec.rated_power_w)
+
+
+def wind_power_w(speed_m_s: np.ndarray, spec: WindSpec) -> np.ndarray:
+    """Farm power [W] from the wind speed through a cubic power curve (cut-in, rated, cut-out)."""
+    v = np.asarray(speed_m_s, dtype=float)
+    vin, vr, vout = spec.cut_in_m_s, spec.rated_speed_m_s, spec.cut_out_m_s
+    frac = np.clip((v**3 - vin**3) / (vr**3 - vin**3), 0.0, 1.0)
+    frac = np.where((v < vin) | (v >= vout), 0.0, frac)
+    return frac * spec.rated_power_w
+
+
+def load_shape(local_hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
+    """County load shape in [0, 1]: night trough, morning rise, midday dip, evening peak."""
+    h = np.asarray(local_hour, dtype=float)
+
+    def bump(centre: float, width: float) -> np.ndarray:
+        d = (h - centre + 12.0) % 24.0 - 12.0
+        return np.asarray(np.exp(-0.5 * (d / width) ** 2))
+
+    s = 0.55 * bump(8.5, 1.6) + 0.25 * bump(12.0, 1.5) + 1.0 * bump(19.5, 2.0) + 0.1
+    s = s / 1.12
+    return np.clip(s * np.where(weekend, 0.92, 1.0), 0.0, 1.0)
+
+
+@dataclass
+class BatteryState:
+    """A battery's state of charge and energy counters."""
+
+    soc: float
+    charged_wh: float = 0.0  # AC energy taken in
+    discharged_wh: float = 0.0  # AC energy delivered
+    loss_wh: float = 0.0  # conversion losses
+
+
+def battery_step(state: BatteryState, setpoint_w: float, dt_s: float, spec: BatterySpec) -> float:
+    """Advance a battery by ``dt_s`` following its setpoint; return the AC power it gave [W].
+
+    Positive power discharges into the county network. The battery refuses what its
+    power ratings and SOC limits do not allow: it never goes beyond ``soc_min``/``soc_max``.
+    """
+    p = min(max(setpoint_w, -spec.max_charge_w), spec.max_discharge_w)
+    h = dt_s / 3600.0
+    if p > 0:
+        avail_wh = max(0.0, (state.soc - spec.soc_min) * spec.capacity_wh)
+        p = min(p, avail_wh * spec.discharge_efficiency / h)
+        internal_wh = p * h / spec.discharge_efficiency
+        state.soc -= internal_wh / spec.capacity_wh
+        state.discharged_wh += p * h
+        state.loss_wh += internal_wh - p * h
+    elif p < 0:
+        room_wh = max(0.0, (spec.soc_max - state.soc) * spec.capacity_wh)
+        p = -min(-p, room_wh / spec.charge_efficiency / h)
+        internal_wh = -p * h * spec.charge_efficiency
+        state.soc += internal_wh / spec.capacity_wh
+        state.charged_wh += -p * h
+        state.loss_wh += -p * h - internal_wh
+    return p

@@ -1,0 +1,235 @@
+"""The simulated plant: devices stepped in simulated time, measured by the PCC meter.
+
+The plant advances in fixed steps (default 1 s) up to the time it is asked about, so a
+Modbus read always sees the state at the instant of the read, and a setpoint takes effect
+from the instant it is written. The PCC meter sums the devices with the generator
+convention: export is positive towards the upstream grid. Run statistics (the meter's
+view, not the controller's) accumulate as the plant steps.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from sim.physics import BatteryState, battery_step
+from sim.spec import PlantSpec
+from sim.weather import MINUTES_PER_DAY, Weather
+
+VIOLATION_TOLERANCE_RATIO = 0.01  # export above cap × (1 + this) counts as a violation
+
+
+@dataclass
+class RunStats:
+    """What the PCC meter and the devices saw over a run."""
+
+    sim_s: float = 0.0
+    max_export_w: float = -math.inf
+    cap_violation_s: float = 0.0
+    uncontrolled_max_export_w: float = -math.inf
+    export_wh: float = 0.0  # meter, energy exported
+    import_wh: float = 0.0  # meter, energy imported
+    pv_wh: float = 0.0
+    wind_wh: float = 0.0
+    renewable_available_wh: float = 0.0
+    curtailed_wh: float = 0.0
+    load_wh: float = 0.0  # energy consumed by loads (positive)
+    battery_charge_wh: float = 0.0
+    battery_discharge_wh: float = 0.0
+    battery_loss_wh: float = 0.0
+    battery_stored_start_wh: float = 0.0
+    battery_stored_end_wh: float = 0.0
+    minutes: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """Per simulated minute: (t_s, max export [W], uncontrolled export [W], cap [W])."""
+
+    @property
+    def renewable_wh(self) -> float:
+        return self.pv_wh + self.wind_wh
+
+    @property
+    def battery_throughput_wh(self) -> float:
+        return self.battery_charge_wh + self.battery_discharge_wh
+
+    def energy_balance_error_ratio(self) -> float:
+        """Energy conservation over the run, from independent counters.
+
+        Net export by the meter must equal renewable energy delivered, less load, less the
+        battery's stored-energy gain and its conversion losses. The ratio divides the
+        mismatch by the gross energy that flowed.
+        """
+        stored_gain = self.battery_stored_end_wh - self.battery_stored_start_wh
+        lhs = self.export_wh - self.import_wh
+        rhs = self.renewable_wh - self.load_wh - stored_gain - self.battery_loss_wh
+        gross = self.renewable_wh + self.load_wh + self.battery_throughput_wh
+        return abs(lhs - rhs) / gross if gross > 0 else 0.0
+
+
+class Plant:
+    """Every simulated device of a plant, stepped together."""
+
+    def __init__(self, spec: PlantSpec, *, seed: int, start_s: float, step_s: float = 1.0,
+                 history_days: int = 0) -> None:
+        self.spec = spec
+        self.step_s = step_s
+        first_day = (start_s - history_days * 86400.0) // 86400.0 * 86400.0
+        self.weather = Weather(spec, seed=seed, first_day_s=first_day)
+        self.t_s = start_s
+        self.export_cap_w = spec.export_cap_w
+        self.pv_limit_w = {p.id: p.rated_power_w for p in spec.pv}
+        self.wind_limit_w = {w.id: w.rated_power_w for w in spec.wind}
+        self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
+        self.battery = {b.id: BatteryState(soc=b.initial_soc) for b in spec.batteries}
+        self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
+        self.available_w: dict[str, float] = {}
+        self.energy_wh: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
+        self.export_w = 0.0
+        self.stats = RunStats()
+        self.stats.battery_stored_start_wh = self._stored_wh()
+        self._minute_start = math.floor(start_s / 60.0) * 60.0
+        self._minute_max = -math.inf
+        self._minute_unctl = -math.inf
+        self._sample(start_s)
+
+    def _stored_wh(self) -> float:
+        return sum(self.battery[b.id].soc * b.capacity_wh for b in self.spec.batteries)
+
+    def _series_at(self, table: str, asset_id: str, t_s: float) -> float:
+        m = (t_s - self.weather.first_day_s) / 60.0
+        m0 = math.floor(m)
+        frac = m - m0
+
+        def at(minute: int) -> float:
+            day = self.weather.day_for(self.weather.first_day_s + minute * 60.0)
+            return float(getattr(day, table)[asset_id][minute % MINUTES_PER_DAY])
+
+        v0 = at(m0)
+        return v0 if frac == 0.0 else v0 + (at(m0 + 1) - v0) * frac
+
+    def _sample(self, t_s: float) -> None:
+        for p in self.spec.pv:
+            self.available_w[p.id] = self._series_at("pv_available_w", p.id, t_s)
+        for w in self.spec.wind:
+            self.available_w[w.id] = self._series_at("wind_available_w", w.id, t_s)
+        for ld in self.spec.loads:
+            self.available_w[ld.id] = self._series_at("load_w", ld.id, t_s)
+
+    def _step(self, dt_s: float) -> None:
+        self._sample(self.t_s + dt_s / 2.0)
+        h = dt_s / 3600.0
+        st = self.stats
+        export = 0.0
+        uncontrolled = 0.0
+        for p in self.spec.pv:
+            avail = self.available_w[p.id]
+            out = min(avail, self.pv_limit_w[p.id])
+            self.power_w[p.id] = out
+            self.energy_wh[p.id] += out * h
+            st.pv_wh += out * h
+            st.renewable_available_wh += avail * h
+            st.curtailed_wh += (avail - out) * h
+            export += out
+            uncontrolled += avail
+        for w in self.spec.wind:
+            avail = self.available_w[w.id]
+            out = min(avail, self.wind_limit_w[w.id])
+            self.power_w[w.id] = out
+            self.energy_wh[w.id] += out * h
+            st.wind_wh += out * h
+            st.renewable_available_wh += avail * h
+            st.curtailed_wh += (avail - out) * h
+            export += out
+            uncontrolled += avail
+        for b in self.spec.batteries:
+            out = battery_step(self.battery[b.id], self.battery_setpoint_w[b.id], dt_s, b)
+            self.power_w[b.id] = out
+            export += out
+        for ld in self.spec.loads:
+            demand = self.available_w[ld.id]
+            self.power_w[ld.id] = -demand
+            self.energy_wh[ld.id] += demand * h
+            st.load_wh += demand * h
+            export -= demand
+            uncontrolled -= demand
+        self.export_w = export
+        self.power_w[self.spec.meter.id] = export
+        if export >= 0:
+            st.export_wh += export * h
+        else:
+            st.import_wh += -export * h
+        st.sim_s += dt_s
+        st.max_export_w = max(st.max_export_w, export)
+        st.uncontrolled_max_export_w = max(st.uncontrolled_max_export_w, uncontrolled)
+        if export > self.export_cap_w * (1.0 + VIOLATION_TOLERANCE_RATIO):
+            st.cap_violation_s += dt_s
+        self.t_s += dt_s
+        if self.t_s - self._minute_start >= 60.0:
+            st.minutes.append((self._minute_start, self._minute_max, self._minute_unctl,
+                               self.export_cap_w))
+            self._minute_start += 60.0
+            self._minute_max = self._minute_unctl = -math.inf
+        self._minute_max = max(self._minute_max, export)
+        self._minute_unctl = max(self._minute_unctl, uncontrolled)
+
+    def advance_to(self, t_s: float) -> None:
+        """Step the plant up to simulated time ``t_s`` [s]."""
+        while t_s - self.t_s >= self.step_s:
+            self._step(self.step_s)
+        rest = t_s - self.t_s
+        if rest > 1e-6:
+            self._step(rest)
+
+    def finish(self) -> RunStats:
+        """Close the run's statistics (battery energy at the end)."""
+        self.stats.battery_stored_end_wh = self._stored_wh()
+        return self.stats
+
+    # -- the devices' view, as their registers show it -------------------------------------
+
+    def device_values(self, asset_id: str) -> dict[str, float]:
+        """Engineering values of a device's points, in the house's units and signs."""
+        sp = self.spec
+        p = self.power_w[asset_id]
+        for pv in sp.pv:
+            if pv.id == asset_id:
+                lim = self.pv_limit_w[asset_id]
+                return {"active_power_w": p, "available_power_w": self.available_w[asset_id],
+                        "energy_export_wh": self.energy_wh[asset_id],
+                        "status": 2.0 if self.available_w[asset_id] > lim else 1.0,
+                        "rated_power_w": pv.rated_power_w, "active_power_limit_w": lim}
+        for wf in sp.wind:
+            if wf.id == asset_id:
+                lim = self.wind_limit_w[asset_id]
+                day = self.weather.day_for(self.t_s)
+                minute = int((self.t_s - day.t0_s) // 60) % MINUTES_PER_DAY
+                return {"active_power_w": p, "available_power_w": self.available_w[asset_id],
+                        "wind_speed_m_s": float(day.wind_speed_m_s[minute]),
+                        "energy_export_wh": self.energy_wh[asset_id],
+                        "status": 2.0 if self.available_w[asset_id] > lim else 1.0,
+                        "rated_power_w": wf.rated_power_w, "active_power_limit_w": lim}
+        for b in sp.batteries:
+            if b.id == asset_id:
+                bs = self.battery[asset_id]
+                return {"active_power_w": p, "soc": bs.soc, "energy_charge_wh": bs.charged_wh,
+                        "energy_discharge_wh": bs.discharged_wh,
+                        "status": 0.0 if p == 0 else (2.0 if p > 0 else 1.0),
+                        "capacity_wh": b.capacity_wh, "max_charge_w": b.max_charge_w,
+                        "max_discharge_w": b.max_discharge_w,
+                        "power_setpoint_w": self.battery_setpoint_w[asset_id]}
+        for ld in sp.loads:
+            if ld.id == asset_id:
+                return {"active_power_w": p, "energy_import_wh": self.energy_wh[asset_id]}
+        if sp.meter.id == asset_id:
+            return {"export_w": self.export_w, "energy_export_wh": self.stats.export_wh,
+                    "energy_import_wh": self.stats.import_wh, "frequency_hz": 50.0}
+        raise KeyError(f"no simulated device {asset_id!r}")
+
+    def apply_setpoint(self, asset_id: str, point: str, value: float) -> None:
+        """A setpoint written to a device, effective from the plant's current time."""
+        if point == "active_power_limit_w" and asset_id in self.pv_limit_w:
+            self.pv_limit_w[asset_id] = max(0.0, value)
+        elif point == "active_power_limit_w" and asset_id in self.wind_limit_w:
+            self.wind_limit_w[asset_id] = max(0.0, value)
+        elif point == "power_setpoint_w" and asset_id in self.battery_setpoint_w:
+            self.battery_setpoint_w[asset_id] = value
+        else:
+            raise KeyError(f"{asset_id} has no writable point {point!r}")

@@ -1,0 +1,88 @@
+"""Serve a simulated plant on Modbus TCP: one server per host:port, unit ids behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from types import TracebackType
+from typing import Protocol
+
+from drivers.profile import load_profile
+from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
+from sim.plant import Plant
+from sim.spec import Endpoint, PlantSpec
+
+
+class TimeSource(Protocol):
+    def time(self) -> float: ...
+
+
+class SimulatedPlant:
+    """A plant stepped along a clock and served over Modbus TCP.
+
+    Every read or write first advances the plant to the clock's time, so the registers show
+    the instant of the request. A background task also keeps the plant stepping when no
+    one asks (so the meter's statistics never lag the clock by more than ``tick_wall_s``).
+    Use as an async context manager.
+    """
+
+    def __init__(self, spec: PlantSpec, *, clock: TimeSource, seed: int = 1,
+                 history_days: int = 0, tick_wall_s: float = 0.05) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.plant = Plant(spec, seed=seed, start_s=clock.time(), history_days=history_days)
+        self.tick_wall_s = tick_wall_s
+        self.servers: list[ModbusTcpDeviceServer] = []
+        self._task: asyncio.Task[None] | None = None
+        groups: dict[tuple[str, int], dict[int, SimUnit]] = defaultdict(dict)
+        for dev in spec.devices():
+            ep: Endpoint = dev.endpoint
+            if ep.unit_id in groups[(ep.host, ep.port)]:
+                raise ValueError(f"{dev.id}: unit id {ep.unit_id} on {ep.host}:{ep.port} is taken")
+            groups[(ep.host, ep.port)][ep.unit_id] = self._unit(dev.id, ep.profile)
+        for (host, port), units in groups.items():
+            self.servers.append(ModbusTcpDeviceServer(host=host, port=port, units=units))
+
+    def _unit(self, asset_id: str, profile_name: str) -> SimUnit:
+        def values() -> dict[str, float]:
+            self.plant.advance_to(self.clock.time())
+            return self.plant.device_values(asset_id)
+
+        def on_write(point: str, value: float) -> None:
+            self.plant.advance_to(self.clock.time())
+            self.plant.apply_setpoint(asset_id, point, value)
+
+        return SimUnit(load_profile(profile_name), values, on_write)
+
+    def endpoint_of(self, asset_id: str) -> tuple[str, int]:
+        """Host and bound port of a device (ports given as 0 are chosen by the OS)."""
+        for dev in self.spec.devices():
+            if dev.id == asset_id:
+                for srv in self.servers:
+                    if dev.endpoint.unit_id in srv.units and srv.host == dev.endpoint.host and (
+                        srv.units[dev.endpoint.unit_id].profile.name == dev.endpoint.profile
+                    ):
+                        return srv.host, srv.port
+        raise KeyError(asset_id)
+
+    async def _run(self) -> None:
+        while True:
+            self.plant.advance_to(self.clock.time())
+            await asyncio.sleep(self.tick_wall_s)
+
+    async def __aenter__(self) -> SimulatedPlant:
+        for srv in self.servers:
+            await srv.start()
+        self._task = asyncio.create_task(self._run(), name="sim.plant.step")
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for srv in self.servers:
+            await srv.stop()
+        self.plant.advance_to(self.clock.time())

@@ -1,0 +1,90 @@
+"""What the simulator needs to know about a plant: devices, ratings, where they are served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, kw_only=True)
+class Endpoint:
+    """Where a simulated device answers: host, TCP port and Modbus unit id."""
+
+    host: str = "127.0.0.1"
+    port: int
+    unit_id: int = 1
+    profile: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PvSpec:
+    id: str
+    endpoint: Endpoint
+    rated_power_w: float  # AC, inverter limit [W]
+    dc_power_w: float  # DC nameplate at STC [W]
+    tilt_deg: float = 30.0
+    azimuth_deg: float = 180.0  # 180 = facing south
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindSpec:
+    id: str
+    endpoint: Endpoint
+    rated_power_w: float
+    cut_in_m_s: float = 3.0
+    rated_speed_m_s: float = 12.0
+    cut_out_m_s: float = 25.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatterySpec:
+    id: str
+    endpoint: Endpoint
+    capacity_wh: float
+    max_charge_w: float
+    max_discharge_w: float
+    soc_min: float = 0.05
+    soc_max: float = 0.95
+    charge_efficiency: float = 0.95
+    discharge_efficiency: float = 0.95
+    initial_soc: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoadSpec:
+    id: str
+    endpoint: Endpoint
+    peak_w: float  # typical evening peak of the aggregate load [W]
+    min_ratio: float = 0.45  # night/midday trough as a share of the peak
+
+
+@dataclass(frozen=True, kw_only=True)
+class MeterSpec:
+    id: str
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, kw_only=True)
+class WeatherSpec:
+    """Seeded weather: how cloudy, how windy."""
+
+    cloudiness: float = 0.3  # 0 clear every day .. 1 overcast most of the time
+    mean_wind_m_s: float = 7.0
+    weibull_k: float = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlantSpec:
+    latitude: float
+    longitude: float
+    altitude_m: float = 0.0
+    timezone: str = "Asia/Shanghai"
+    export_cap_w: float  # the cap the meter's side measures violations against [W]
+    meter: MeterSpec
+    pv: tuple[PvSpec, ...] = ()
+    wind: tuple[WindSpec, ...] = ()
+    batteries: tuple[BatterySpec, ...] = ()
+    loads: tuple[LoadSpec, ...] = ()
+    weather: WeatherSpec = field(default_factory=WeatherSpec)
+
+    def devices(self) -> list[PvSpec | WindSpec | BatterySpec | LoadSpec | MeterSpec]:
+        return [*self.pv, *self.wind, *self.batteries, *self.loads, self.meter]

@@ -1,0 +1,333 @@
+"""The site configuration: one TOML file, parsed once into frozen pydantic models.
+
+Every key carries its unit in its name. ``load_config`` raises :class:`ConfigError` with
+every problem found, each naming the field path, the bad value and what is allowed.
+The keys are documented in ``docs/config.md``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from drivers.profile import ProfileError, load_profile
+
+_ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SiteSection(_Frozen):
+    id: str = Field(pattern=_ID, description="short name used in topics and metrics")
+    name: str = ""
+    timezone: str = "Asia/Shanghai"
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    altitude_m: float = Field(default=0.0, ge=-500, le=9000)
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA timezone (e.g. 'Asia/Shanghai'): {exc}") from exc
+        return v
+
+
+class PccSection(_Frozen):
+    meter: str = Field(description="id of the meter asset at the point of common coupling")
+    export_cap_w: float = Field(gt=0)
+    import_limit_w: float = Field(gt=0)
+
+
+class _AssetBase(_Frozen):
+    id: str = Field(pattern=_ID)
+    profile: str
+    host: str = "127.0.0.1"
+    port: int = Field(default=502, ge=0, le=65535, description="0: let a simulator choose")
+    unit_id: int = Field(default=1, ge=0, le=247)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile_exists(cls, v: str) -> str:
+        try:
+            load_profile(v)
+        except ProfileError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+
+class PvAsset(_AssetBase):
+    kind: Literal["pv"]
+    rated_power_w: float = Field(gt=0, description="AC rating")
+    dc_power_w: float = Field(gt=0, description="DC nameplate at STC")
+    tilt_deg: float = Field(default=30.0, ge=0, le=90)
+    azimuth_deg: float = Field(default=180.0, ge=0, lt=360)
+
+
+class WindAsset(_AssetBase):
+    kind: Literal["wind"]
+    rated_power_w: float = Field(gt=0)
+    cut_in_m_s: float = Field(default=3.0, gt=0)
+    rated_speed_m_s: float = Field(default=12.0, gt=0)
+    cut_out_m_s: float = Field(default=25.0, gt=0)
+
+    @model_validator(mode="after")
+    def _curve(self) -> Self:
+        if not self.cut_in_m_s < self.rated_speed_m_s < self.cut_out_m_s:
+            raise ValueError(
+                f"power curve needs cut_in_m_s < rated_speed_m_s < cut_out_m_s, got "
+                f"{self.cut_in_m_s} / {self.rated_speed_m_s} / {self.cut_out_m_s}")
+        return self
+
+
+class BatteryAsset(_AssetBase):
+    kind: Literal["battery"]
+    capacity_wh: float = Field(gt=0)
+    max_charge_w: float = Field(gt=0)
+    max_discharge_w: float = Field(gt=0)
+    soc_min: float = Field(default=0.05, ge=0, le=1)
+    soc_max: float = Field(default=0.95, ge=0, le=1)
+    charge_efficiency: float = Field(default=0.95, gt=0, le=1)
+    discharge_efficiency: float = Field(default=0.95, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _soc(self) -> Self:
+        if self.soc_min >= self.soc_max:
+            raise ValueError(f"soc_min ({self.soc_min}) must be below soc_max ({self.soc_max})")
+        return self
+
+
+class LoadAsset(_AssetBase):
+    kind: Literal["load"]
+    peak_w: float = Field(gt=0, description="typical peak demand")
+
+
+class MeterAsset(_AssetBase):
+    kind: Literal["meter"]
+
+
+Asset = Annotated[
+    PvAsset | WindAsset | BatteryAsset | LoadAsset | MeterAsset, Field(discriminator="kind")
+]
+Generator = PvAsset | WindAsset
+
+
+class ForecastingSection(_Frozen):
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    step_s: int = Field(default=900, ge=60, le=3600)
+    horizon_h: float = Field(default=12.0, gt=0, le=72)
+    issue_interval_s: float = Field(default=900.0, gt=0)
+    refit_interval_s: float = Field(default=6 * 3600.0, gt=0)
+    history_days: int = Field(default=7, ge=1, le=365)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _q(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not 0 < q < 1 for q in v) or list(v) != sorted(set(v)):
+            raise ValueError("quantiles must be strictly increasing, each in (0, 1)")
+        if 0.5 not in v:
+            raise ValueError("quantiles must include the median 0.5")
+        return v
+
+
+class DispatchSection(_Frozen):
+    horizon_h: float = Field(default=12.0, gt=0, le=72)
+    step_s: int = Field(default=900, ge=60, le=3600)
+    interval_s: float = Field(default=300.0, gt=0, description="re-solve period")
+    solver: Literal["HIGHS", "CLARABEL", "ECOS", "SCS"] = "HIGHS"
+    fallback_solvers: tuple[Literal["HIGHS", "CLARABEL", "ECOS", "SCS"], ...] = ("CLARABEL",)
+    time_limit_s: float = Field(default=10.0, gt=0)
+    generation_quantile: float = Field(default=0.9, gt=0, lt=1)
+    load_quantile: float = Field(default=0.1, gt=0, lt=1)
+    curtailment_weight_per_wh: float = Field(default=1.0, gt=0)
+    battery_wear_weight_per_wh: float = Field(default=0.06, ge=0)
+    soc_target: float = Field(default=0.5, ge=0, le=1)
+    soc_target_weight_per_wh: float = Field(default=0.1, ge=0)
+    export_peak_weight_per_w: float = Field(default=0.05, ge=0)
+
+
+class ControlSection(_Frozen):
+    interval_s: float = Field(default=1.0, gt=0, le=60)
+    margin_ratio: float = Field(default=0.03, ge=0, lt=0.5,
+                                description="enforce export ≤ cap × (1 − margin)")
+    pcc_stale_s: float = Field(default=5.0, gt=0)
+    setpoint_deadband_ratio: float = Field(default=0.002, ge=0, lt=0.1)
+    soc_taper_s: float = Field(default=600.0, gt=0)
+
+
+class PollingSection(_Frozen):
+    timeout_s: float = Field(default=1.0, gt=0, le=30)
+    slow_interval_s: float = Field(default=60.0, gt=0)
+
+
+class MqttSection(_Frozen):
+    enabled: bool = True
+    embedded: bool = Field(default=True, description="start an in-process broker")
+    host: str = "127.0.0.1"
+    port: int = Field(default=1884, ge=0, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: bool = False
+    topic_prefix: str = Field(default="vpp", pattern=r"^[A-Za-z0-9_/-]+$")
+    telemetry_interval_s: float = Field(default=10.0, gt=0)
+
+
+class StorageSection(_Frozen):
+    url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    data_dir: str | None = None
+    telemetry_interval_s: float = Field(default=60.0, gt=0)
+
+
+class ApiSection(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class MetricsSection(_Frozen):
+    enabled: bool = True
+
+
+class SimSection(_Frozen):
+    """How a simulated plant behaves (used by ``vpp demo`` and ``vpp sim serve``)."""
+
+    seed: int = 1
+    start: str | None = Field(default=None, description="ISO 8601 start; default: now")
+    cloudiness: float = Field(default=0.25, ge=0, le=1)
+    mean_wind_m_s: float = Field(default=7.0, gt=0, le=30)
+    initial_soc: float = Field(default=0.5, ge=0, le=1)
+    history_days: int = Field(default=7, ge=0, le=60)
+
+
+class SiteConfig(_Frozen):
+    site: SiteSection
+    pcc: PccSection
+    assets: tuple[Asset, ...]
+    forecasting: ForecastingSection = ForecastingSection()
+    dispatch: DispatchSection = DispatchSection()
+    control: ControlSection = ControlSection()
+    polling: PollingSection = PollingSection()
+    mqtt: MqttSection = MqttSection()
+    storage: StorageSection = StorageSection()
+    api: ApiSection = ApiSection()
+    metrics: MetricsSection = MetricsSection()
+    sim: SimSection = SimSection()
+
+    @model_validator(mode="after")
+    def _cross(self) -> Self:
+        ids = [a.id for a in self.assets]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"asset ids must be unique; repeated: {dup}")
+        by_id = {a.id: a for a in self.assets}
+        meter = by_id.get(self.pcc.meter)
+        if meter is None or meter.kind != "meter":
+            meters = [a.id for a in self.assets if a.kind == "meter"]
+            raise ValueError(f"pcc.meter = {self.pcc.meter!r} must name an asset of kind "
+                             f"'meter'; meters configured: {meters}")
+        seen: dict[tuple[str, int, int], str] = {}
+        for a in self.assets:
+            key = (a.host, a.port, a.unit_id)
+            if a.port != 0 and key in seen:
+                raise ValueError(f"assets {seen[key]} and {a.id} share {a.host}:{a.port} "
+                                 f"unit {a.unit_id}")
+            seen[key] = a.id
+            if load_profile(a.profile).kind != a.kind:
+                raise ValueError(f"asset {a.id} is a {a.kind} but profile {a.profile} is for "
+                                 f"a {load_profile(a.profile).kind}")
+        return self
+
+    def asset(self, asset_id: str) -> Asset:
+        for a in self.assets:
+            if a.id == asset_id:
+                return a
+        raise KeyError(asset_id)
+
+    def of_kind(self, kind: str) -> list[Any]:
+        return [a for a in self.assets if a.kind == kind]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; ``problems`` lists each one."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(
+            f"  - {p}" for p in problems))
+
+
+def _loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    parts: list[str] = []
+    node: Any = data
+    for i, item in enumerate(loc):
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                asset_id = node[item].get("id")
+                if asset_id:
+                    label = f"[{item}] ({asset_id})"
+            parts.append(label)
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+            continue
+        # discriminated unions put the tag in the path: assets[0].battery.soc_max
+        if i > 0 and isinstance(loc[i - 1], int) and item in {"pv", "wind", "battery", "load",
+                                                               "meter"}:
+            continue
+        parts.append(("." if parts else "") + str(item))
+        node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"
+
+
+def _problem(err: Any, data: dict[str, Any]) -> str:
+    where = _loc(tuple(err["loc"]), data)
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "missing":
+        return f"{where}: required key is missing"
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key (value {value!r}); see docs/config.md for the keys allowed"
+    if kind == "union_tag_invalid":
+        return (f"{where}.kind: {err['ctx'].get('tag')!r} is not a kind; allowed: "
+                f"pv, wind, battery, load, meter")
+    if kind == "union_tag_not_found":
+        return f"{where}.kind: required key is missing (pv, wind, battery, load or meter)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    shown = value if not isinstance(value, dict | list) else "…"
+    return f"{where}: {shown!r} is not allowed: {msg}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> SiteConfig:
+    try:
+        return SiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_problem(e, data) for e in exc.errors()]) from None
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read and validate a site configuration file."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(p), [f"not valid TOML: {exc}"]) from None
+    return parse_config(data, str(p))

@@ -1,0 +1,178 @@
+"""Real-time export-cap enforcement: one pure step per control interval.
+
+The schedule is the plan; this loop corrects forecast error from the measured PCC export.
+Its one promise: after its commands, the export cannot rise above the target
+``cap × (1 − margin)`` even if every generator jumped at once to what it could physically
+give (its *potential*: nameplate for wind, the clear-sky envelope for PV). It keeps that
+promise by handing out *headroom*: a generator's limit is at most its measured output plus
+its share of the room left under the target. Cloud edges and gusts then hit the limits,
+not the cap, and the loop's interval does not matter for safety.
+
+Priorities, as DESIGN.md sets them:
+
+1. over the target: absorb the excess with battery charging headroom, then curtail
+   generation in proportion to what each plant gives;
+2. a generator pinned at its limit (curtailing) while a battery can charge more: charge
+   more, so the next step can release the limit; release is gradual by construction
+   (limits rise by the room measured, no more);
+3. otherwise return the batteries to the planned setpoint with the room that is left
+   after the generators' headroom.
+
+Batteries taper their charge and discharge as the SOC nears its bounds, so a battery
+never stops abruptly at a bound (which would throw its power onto the PCC at once).
+
+If the PCC measurement is lost, the loop fails safe: no limit is raised, no battery
+discharge increases, and generation is held at or below what it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class EnforceMode(StrEnum):
+    NORMAL = "normal"  # no generator limited below its potential, batteries on plan
+    HEADROOM = "headroom"  # limits hold generators near their output (room is short)
+    ABSORBING = "absorbing"  # batteries charging beyond plan to avoid curtailment
+    CURTAILING = "curtailing"  # export over target: generation cut
+    PCC_LOST = "pcc_lost"  # no trustworthy PCC measurement: fail safe
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorNow:
+    id: str
+    output_w: float  # measured [W]
+    potential_w: float  # the most it could physically give now [W]
+    rated_power_w: float
+    limit_w: float  # limit in force (last written) [W]
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatteryNow:
+    id: str
+    power_w: float  # measured, + discharge [W]
+    soc: float
+    capacity_wh: float
+    max_charge_w: float
+    max_discharge_w: float
+    soc_min: float
+    soc_max: float
+    planned_w: float  # the schedule's setpoint for this step [W]
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnforceParams:
+    margin_ratio: float = 0.03
+    soc_taper_s: float = 600.0  # a battery may empty/fill its last margin no faster than this
+    binding_tolerance_ratio: float = 0.01  # output ≥ limit − this × rated: the limit binds
+    absorb_step_ratio: float = 0.25  # extra charging per step, as a share of max charge
+
+
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    """What to write this step."""
+
+    limits_w: dict[str, float]
+    battery_w: dict[str, float]
+    mode: EnforceMode
+    target_w: float
+    room_w: float  # target − measured export [W]
+    worst_export_w: float  # export if every generator rose to its limit or potential [W]
+    notes: list[str] = field(default_factory=list)
+
+
+def _charge_allowed(b: BatteryNow, p: EnforceParams) -> float:
+    room_wh = max(0.0, (b.soc_max - b.soc) * b.capacity_wh)
+    return min(b.max_charge_w, room_wh * 3600.0 / p.soc_taper_s)
+
+
+def _discharge_allowed(b: BatteryNow, p: EnforceParams) -> float:
+    avail_wh = max(0.0, (b.soc - b.soc_min) * b.capacity_wh)
+    return min(b.max_discharge_w, avail_wh * 3600.0 / p.soc_taper_s)
+
+
+def _spread(total: float, weights: dict[str, float]) -> dict[str, float]:
+    s = sum(weights.values())
+    if s <= 0:
+        return dict.fromkeys(weights, 0.0)
+    return {k: total * w / s for k, w in weights.items()}
+
+
+def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorNow],
+            batteries: list[BatteryNow], params: EnforceParams) -> Command:
+    """One control step: generator limits and battery setpoints from the measured PCC export."""
+    target = cap_w * (1.0 - params.margin_ratio)
+    lo = {b.id: -_charge_allowed(b, params) for b in batteries}
+    hi = {b.id: _discharge_allowed(b, params) for b in batteries}
+    head = {g.id: max(0.0, min(g.potential_w, g.rated_power_w) - g.output_w) for g in generators}
+    notes: list[str] = []
+
+    if export_w is None:
+        # fail safe: hold generation at or below its output, never discharge more
+        limits = {g.id: min(g.limit_w, g.output_w) for g in generators}
+        bats = {b.id: max(min(b.planned_w, b.power_w), lo[b.id]) for b in batteries}
+        return Command(limits_w=limits, battery_w=bats, mode=EnforceMode.PCC_LOST,
+                       target_w=target, room_w=float("nan"), worst_export_w=float("nan"),
+                       notes=["PCC measurement lost: holding generation, no extra discharge"])
+
+    room = target - export_w
+    b_now = {b.id: b.power_w for b in batteries}
+    spare_charge = {b.id: max(0.0, b_now[b.id] - lo[b.id]) for b in batteries}
+    binding = [g for g in generators
+               if g.limit_w < min(g.potential_w, g.rated_power_w) - 1.0
+               and g.output_w >= g.limit_w - params.binding_tolerance_ratio * g.rated_power_w]
+
+    if room < 0:
+        # 1. over target: batteries absorb first
+        need = -room
+        absorb = min(need, sum(spare_charge.values()))
+        share = _spread(absorb, spare_charge)
+        bats = {k: b_now[k] - share[k] for k in b_now}
+        room_g = room + absorb  # ≤ 0: what generation must still shed
+        mode = EnforceMode.CURTAILING if room_g < 0 else EnforceMode.ABSORBING
+    elif binding and sum(spare_charge.values()) > 0:
+        # 2. a generator is curtailing: charge more so its limit can rise
+        wanted = sum(head[g.id] for g in binding)
+        step = min(sum(spare_charge.values()), wanted,
+                   params.absorb_step_ratio * sum(b.max_charge_w for b in batteries))
+        share = _spread(step, spare_charge)
+        bats = {k: b_now[k] - share[k] for k in b_now}
+        room_g = room + step
+        mode = EnforceMode.ABSORBING
+    else:
+        # 3. back towards the plan, with the room the generators' headroom leaves
+        free = room - sum(head.values())
+        bats = {}
+        for b in batteries:
+            planned = min(max(b.planned_w, lo[b.id]), hi[b.id])
+            if planned <= b_now[b.id]:
+                bats[b.id] = planned  # less export than now: always safe
+            else:
+                rise = min(planned - b_now[b.id], max(0.0, free))
+                free -= rise
+                bats[b.id] = b_now[b.id] + rise
+        room_g = room - sum(max(0.0, bats[k] - b_now[k]) for k in bats)
+        mode = EnforceMode.NORMAL
+    bats = {k: min(max(v, lo[k]), hi[k]) for k, v in bats.items()}
+
+    # generators: headroom from the room left, or a cut when there is none
+    limits: dict[str, float] = {}
+    total_head = sum(head.values())
+    if room_g >= total_head:
+        limits = {g.id: g.rated_power_w for g in generators}
+    elif room_g >= 0:
+        share = _spread(room_g, head)
+        limits = {g.id: min(g.rated_power_w, g.output_w + share[g.id]) for g in generators}
+        if mode is EnforceMode.NORMAL:
+            mode = EnforceMode.HEADROOM
+    else:
+        cut = _spread(-room_g, {g.id: g.output_w for g in generators})
+        limits = {g.id: max(0.0, g.output_w - cut[g.id]) for g in generators}
+        if sum(g.output_w for g in generators) < -room_g:
+            notes.append("generation cannot shed the whole excess")
+        mode = EnforceMode.CURTAILING
+    worst = export_w + sum(bats[k] - b_now[k] for k in bats) + sum(
+        max(0.0, min(limits[g.id], g.potential_w) - g.output_w) for g in generators)
+    return Command(limits_w=limits, battery_w=bats, mode=mode, target_w=target, room_w=room,
+                   worst_export_w=worst, notes=notes)

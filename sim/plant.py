@@ -179,9 +179,13 @@ class Plant:
             self._step(rest)
 
     def finish(self) -> RunStats:
-        """Close the run's statistics (battery energy at the end)."""
-        self.stats.battery_stored_end_wh = self._stored_wh()
-        return self.stats
+        """Close the run's statistics: the batteries' counters and stored energy at the end."""
+        st = self.stats
+        st.battery_charge_wh = sum(b.charged_wh for b in self.battery.values())
+        st.battery_discharge_wh = sum(b.discharged_wh for b in self.battery.values())
+        st.battery_loss_wh = sum(b.loss_wh for b in self.battery.values())
+        st.battery_stored_end_wh = self._stored_wh()
+        return st
 
     # -- the devices' view, as their registers show it -------------------------------------
 

@@ -35,14 +35,23 @@ class SimulatedPlant:
         self.tick_wall_s = tick_wall_s
         self.servers: list[ModbusTcpDeviceServer] = []
         self._task: asyncio.Task[None] | None = None
-        groups: dict[tuple[str, int], dict[int, SimUnit]] = defaultdict(dict)
+        # devices sharing a host:port sit behind one server (a gateway); port 0 means "any
+        # free port", and each such device gets a server of its own
+        groups: dict[tuple[str, int | str], dict[int, SimUnit]] = defaultdict(dict)
+        self._server_of: dict[str, tuple[str, int | str]] = {}
         for dev in spec.devices():
             ep: Endpoint = dev.endpoint
-            if ep.unit_id in groups[(ep.host, ep.port)]:
+            key: tuple[str, int | str] = (ep.host, ep.port if ep.port else f"auto:{dev.id}")
+            if ep.unit_id in groups[key]:
                 raise ValueError(f"{dev.id}: unit id {ep.unit_id} on {ep.host}:{ep.port} is taken")
-            groups[(ep.host, ep.port)][ep.unit_id] = self._unit(dev.id, ep.profile)
-        for (host, port), units in groups.items():
-            self.servers.append(ModbusTcpDeviceServer(host=host, port=port, units=units))
+            groups[key][ep.unit_id] = self._unit(dev.id, ep.profile)
+            self._server_of[dev.id] = key
+        self._servers_by_key: dict[tuple[str, int | str], ModbusTcpDeviceServer] = {}
+        for key, units in groups.items():
+            port = key[1] if isinstance(key[1], int) else 0
+            srv = ModbusTcpDeviceServer(host=key[0], port=port, units=units)
+            self._servers_by_key[key] = srv
+            self.servers.append(srv)
 
     def _unit(self, asset_id: str, profile_name: str) -> SimUnit:
         def values() -> dict[str, float]:
@@ -57,14 +66,8 @@ class SimulatedPlant:
 
     def endpoint_of(self, asset_id: str) -> tuple[str, int]:
         """Host and bound port of a device (ports given as 0 are chosen by the OS)."""
-        for dev in self.spec.devices():
-            if dev.id == asset_id:
-                for srv in self.servers:
-                    if dev.endpoint.unit_id in srv.units and srv.host == dev.endpoint.host and (
-                        srv.units[dev.endpoint.unit_id].profile.name == dev.endpoint.profile
-                    ):
-                        return srv.host, srv.port
-        raise KeyError(asset_id)
+        srv = self._servers_by_key[self._server_of[asset_id]]
+        return srv.host, srv.port
 
     async def _run(self) -> None:
         while True:

@@ -1,0 +1,161 @@
+"""HTTP API (FastAPI) under ``/api/v1``, with Prometheus ``/metrics`` on the same server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Generator
+from typing import Any
+
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
+
+from vpp import __version__
+from vpp.controller import Controller, schedule_payload
+
+
+def jsonable(o: Any) -> Any:
+    """Numpy arrays to lists, NaN to null, datetimes to ISO strings, recursively."""
+    if isinstance(o, dict):
+        return {str(k): jsonable(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [jsonable(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return [None if not math.isfinite(x) else float(x) for x in o.tolist()]
+    if isinstance(o, float | np.floating):
+        return float(o) if math.isfinite(o) else None
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    return o
+
+
+def create_app(ctrl: Controller) -> FastAPI:
+    """The API of one controller."""
+    app = FastAPI(title="County VPP controller", version=__version__,
+                  openapi_url="/api/v1/openapi.json", docs_url="/api/v1/docs", redoc_url=None)
+    cfg = ctrl.config
+
+    if ctrl.metrics is not None:
+        metrics = ctrl.metrics
+        app.mount("/metrics", make_asgi_app(registry=metrics.registry))
+
+        @app.middleware("http")
+        async def count(request: Request, call_next: Any) -> Response:
+            response: Response = await call_next(request)
+            if request.url.path.startswith("/api/"):
+                metrics.api_requests.labels(cfg.site.id, str(response.status_code)).inc()
+            return response
+
+    @app.get("/api/v1/health", summary="Is the controller running, and how well")
+    def health() -> JSONResponse:
+        st = ctrl.state
+        devices = {a: d.health.value for a, d in ctrl.devices.items()}
+        solve = st.last_solve
+        if st.control_steps == 0:
+            status = "starting"
+        elif st.export_w is None or any(h != "online" for h in devices.values()) or (
+                solve is not None and not solve.status.usable):
+            status = "degraded"
+        else:
+            status = "ok"
+        return JSONResponse(jsonable({
+            "status": status, "site": cfg.site.id, "version": __version__,
+            "time": ctrl.clock.now(), "devices": devices,
+            "control": {"mode": st.command.mode.value if st.command else None,
+                        "steps": st.control_steps, "last_step_at": st.last_step_at,
+                        "interval_s": ctrl.control_interval_s,
+                        "fallback_steps": st.fallback_steps},
+            "pcc": {"export_w": st.export_w, "export_cap_w": cfg.pcc.export_cap_w},
+            "dispatch": None if solve is None else {
+                "status": solve.status.value, "solver": solve.solver,
+                "solve_time_s": solve.solve_time_s, "created_at": solve.created_at},
+            "mqtt": None if ctrl.mqtt is None else {
+                "connected": ctrl.mqtt.connected, "buffered": ctrl.mqtt.buffered,
+                "dropped": ctrl.mqtt.dropped},
+        }))
+
+    @app.get("/api/v1/assets", summary="Every asset with its ratings and live values")
+    def assets() -> JSONResponse:
+        out = []
+        for a in cfg.assets:
+            dev = ctrl.devices[a.id]
+            ratings = a.model_dump(exclude={"id", "kind", "profile", "host", "port", "unit_id"})
+            out.append({
+                "id": a.id, "kind": a.kind, "profile": a.profile,
+                "endpoint": {"host": a.host, "port": a.port, "unit_id": a.unit_id},
+                "ratings": ratings, "health": dev.health.value,
+                "capabilities": sorted(c.value for c in dev.profile.capabilities),
+                "points": {n: {"value": s.value, "unit": s.unit, "quality": s.quality.value,
+                               "ts": s.ts} for n, s in dev.latest.items()},
+            })
+        return JSONResponse(jsonable(out))
+
+    @app.get("/api/v1/forecasts", summary="The latest forecast of each series, or of one")
+    def forecasts(series: str | None = Query(default=None,
+                                             description="pv/wind asset id or 'load'")) -> Any:
+        fcs = ctrl.state.forecasts
+        if series is not None and series not in ctrl.forecasters:
+            raise HTTPException(404, f"unknown series {series!r}; series are "
+                                     f"{sorted(ctrl.forecasters)}")
+        chosen = {k: v for k, v in fcs.items() if series is None or k == series}
+        return JSONResponse(jsonable({k: {
+            "series": k, "kind": f.kind, "issued_at": f.issued_at, "model": f.model,
+            "step_s": cfg.forecasting.step_s, "index": [t.isoformat() for t in f.index],
+            "quantiles_w": {f"p{round(q * 100):02d}": v for q, v in f.quantiles.items()},
+        } for k, f in chosen.items()}))
+
+    @app.get("/api/v1/schedule", summary="The plan in force, with its solve status")
+    def schedule() -> Any:
+        sch = ctrl.state.schedule
+        if sch is None:
+            last = ctrl.state.last_solve
+            detail = "no plan yet" if last is None else f"no usable plan: {last.status.value}"
+            raise HTTPException(503, detail)
+        body = schedule_payload(sch)
+        body["index"] = [t.isoformat() for t in sch.index]
+        return JSONResponse(jsonable(body))
+
+    return app
+
+
+class _QuietServer(uvicorn.Server):
+    """Uvicorn inside our own loop: the process, not the API server, owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class ApiServer:
+    """Serves the app on host:port (0: any free port) inside the running event loop."""
+
+    def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+        self.host = host
+        self._server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                   lifespan="off", access_log=False))
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve(), name="vpp.api")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises the bind error
+                raise RuntimeError("API server stopped during start-up")
+            await asyncio.sleep(0.01)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.servers[0].sockets[0].getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            await self._task

@@ -1,0 +1,187 @@
+"""The ``vpp`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from vpp.config import ConfigError, SiteConfig, load_config
+
+app = typer.Typer(help="County VPP controller: peak-free feed-in under an export cap.",
+                  no_args_is_help=True, add_completion=False)
+sim_app = typer.Typer(help="The simulated plant (hardware-in-the-loop).", no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+console = Console()
+err = Console(stderr=True)
+
+
+def _load(path: Path) -> SiteConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        err.print(f"[bold red]{exc.source}: {len(exc.problems)} problem(s)[/]")
+        for p in exc.problems:
+            err.print(f"  - {p}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def default_demo_config() -> Path:
+    """The demo county shipped with the package."""
+    repo = Path(__file__).resolve().parent.parent / "deploy" / "examples" / "demo-county.toml"
+    if repo.exists():
+        return repo
+    return Path(str(resources.files("vpp") / "examples" / "demo-county.toml"))
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine; SIGINT/SIGTERM cancel it gracefully (its cleanup still runs)."""
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, task.cancel)
+        return await coro
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        return None
+
+
+@app.command("check-config")
+def check_config(file: Annotated[Path, typer.Argument(help="site configuration (TOML)")]) -> None:
+    """Validate a site configuration: print "ok" and a summary, or every problem (exit 1)."""
+    cfg = _load(file)
+    from rich.table import Table
+    console.print(f"[bold green]ok[/] {file}: site [bold]{cfg.site.id}[/] "
+                  f"({cfg.site.name or 'unnamed'}), {cfg.site.timezone}, "
+                  f"{cfg.site.latitude:.3f}°, {cfg.site.longitude:.3f}°")
+    console.print(f"PCC meter {cfg.pcc.meter}: export cap {cfg.pcc.export_cap_w / 1e6:.2f} MW, "
+                  f"import limit {cfg.pcc.import_limit_w / 1e6:.2f} MW")
+    t = Table("asset", "kind", "profile", "endpoint", "rating")
+    for a in cfg.assets:
+        rating = ""
+        if a.kind in ("pv", "wind"):
+            rating = f"{a.rated_power_w / 1e6:.1f} MW"  # type: ignore[union-attr]
+        elif a.kind == "battery":
+            rating = (f"{a.capacity_wh / 1e6:.1f} MWh, {a.max_charge_w / 1e6:.1f}/"  # type: ignore[union-attr]
+                      f"{a.max_discharge_w / 1e6:.1f} MW")  # type: ignore[union-attr]
+        elif a.kind == "load":
+            rating = f"peak {a.peak_w / 1e6:.1f} MW"  # type: ignore[union-attr]
+        t.add_row(a.id, a.kind, a.profile, f"{a.host}:{a.port}/{a.unit_id}", rating)
+    console.print(t)
+    d, c = cfg.dispatch, cfg.control
+    console.print(f"dispatch: {d.horizon_h:g} h at {d.step_s} s, every {d.interval_s:g} s, "
+                  f"{d.solver} → {', '.join(d.fallback_solvers) or 'no fallback'}; "
+                  f"cap held on P{round(d.generation_quantile * 100)} generation")
+    console.print(f"control: every {c.interval_s:g} s, margin {c.margin_ratio:.1%}; "
+                  f"MQTT {'embedded' if cfg.mqtt.embedded else cfg.mqtt.host}:{cfg.mqtt.port}; "
+                  f"API {cfg.api.host}:{cfg.api.port}; storage "
+                  f"{cfg.storage.url or 'SQLite (data dir)'}")
+
+
+@app.command()
+def demo(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="site configuration; "
+                                                "default: the demo county")] = None,
+    hours: Annotated[float | None, typer.Option(help="simulated hours, then exit "
+                                                "(default: until Ctrl-C)")] = None,
+    speed: Annotated[float, typer.Option(help="time acceleration (1 = real time)")] = 60.0,
+    seed: Annotated[int | None, typer.Option(help="weather seed (default: the config's)")] = None,
+    report: Annotated[Path | None, typer.Option(help="write the run report (JSON) here")] = None,
+    control_interval: Annotated[float | None, typer.Option(
+        help="control step [simulated s]; default: what the speed allows")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run a simulated county and the controller in one process, with a live summary."""
+    _logging(verbose)
+    from vpp.demo import Demo, DemoOptions, write_report
+    from vpp.live import LiveView
+    cfg = _load(config or default_demo_config())
+    if not 0 < speed <= 10_000:
+        err.print(f"--speed {speed} is not allowed: use a value in (0, 10000]")
+        raise typer.Exit(2)
+    if hours is not None and hours <= 0:
+        err.print(f"--hours {hours} is not allowed: use a positive number of hours")
+        raise typer.Exit(2)
+    d = Demo(cfg, DemoOptions(hours=hours, speed=speed, seed=seed,
+                              control_interval_s=control_interval))
+
+    async def go() -> None:
+        async with d:
+            view = LiveView(d, console)
+            view.print_urls()
+            try:
+                with view:
+                    await d.wait(on_tick=view.update)
+            finally:
+                d.stop()
+    _run(go())
+    rep = d.report()
+    LiveView.print_report(console, rep)
+    if report is not None:
+        write_report(rep, report)
+        console.print(f"report written to {report}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the controller in real time against the devices of a site configuration."""
+    _logging(verbose)
+    cfg = _load(config)
+    from vpp.service import serve
+    _run(serve(cfg, console))
+
+
+@sim_app.command("serve")
+def sim_serve(
+    scenario: Annotated[Path, typer.Argument(help="site configuration (TOML) describing the "
+                                             "plant; its [sim] section sets the weather")],
+    seed: Annotated[int | None, typer.Option(help="weather seed")] = None,
+    speed: Annotated[float, typer.Option(help="time acceleration")] = 1.0,
+    start: Annotated[str | None, typer.Option(help="ISO 8601 start (default: now)")] = None,
+) -> None:
+    """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C)."""
+    _logging(False)
+    cfg = _load(scenario)
+    from sim import SimClock, SimulatedPlant
+    from vpp.simbridge import plant_spec
+    t0 = datetime.fromisoformat(start) if start else datetime.now(UTC)
+    if t0.tzinfo is None:
+        t0 = t0.replace(tzinfo=UTC)
+    clock = SimClock(start=t0, speed=speed)
+
+    async def go() -> None:
+        async with SimulatedPlant(plant_spec(cfg), clock=clock,
+                                  seed=seed if seed is not None else cfg.sim.seed) as sp:
+            for a in cfg.assets:
+                host, port = sp.endpoint_of(a.id)
+                console.print(f"{a.id:>10} ({a.kind}, {a.profile}) on modbus://{host}:{port} "
+                              f"unit {a.unit_id}")
+            console.print(f"simulated time starts {t0.isoformat()} at ×{speed:g}; Ctrl-C stops")
+            sys.stdout.flush()
+            await asyncio.Event().wait()
+    _run(go())
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,514 @@
+"""The controller: poll → forecast → plan → enforce → write, on one injected clock.
+
+One asyncio process. Three loops run in a TaskGroup as named tasks:
+
+* ``control``: every ``control.interval_s`` polls the fast points of every device, runs the
+  enforcement step and writes setpoints (export-reducing writes first);
+* ``planner``: every ``dispatch.interval_s`` re-solves the schedule, issuing forecasts
+  first when one is due; fits, forecasts and solves run in the compute executor;
+* ``slow_poll``: counters and nameplates, every ``polling.slow_interval_s``.
+
+Storage writes go to their own single-thread executor, so they keep their order and never
+block the loop. MQTT publishing is a separate owner task (see :mod:`vpp.mqtt`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+
+from drivers import Device, DeviceError, ModbusConnection, PollClass, Sample, load_profile
+from forecasting import (
+    Forecast,
+    LoadForecaster,
+    PvForecaster,
+    PvPlantGeometry,
+    WindForecaster,
+    clear_sky_power_w,
+    interval_clear_sky_power_w,
+)
+from vpp.config import BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
+from vpp.dispatch import (
+    BatteryModel,
+    DispatchInputs,
+    Dispatcher,
+    Fleet,
+    GeneratorModel,
+    Schedule,
+    Weights,
+)
+from vpp.enforce import BatteryNow, Command, EnforceParams, GeneratorNow, enforce
+from vpp.history import IntervalHistory
+from vpp.metrics import Metrics
+from vpp.mqtt import MqttBridge
+from vpp.storage import Storage
+
+log = logging.getLogger(__name__)
+
+PV_POTENTIAL_MARGIN = 1.1  # clear-sky envelope × this bounds what PV can give
+
+
+class Clock(Protocol):
+    speed: float
+
+    def now(self) -> datetime: ...
+    async def sleep_until(self, t: datetime) -> None: ...
+
+
+def _floor(t: datetime, step_s: float) -> datetime:
+    return datetime.fromtimestamp(t.timestamp() // step_s * step_s, t.tzinfo)
+
+
+@dataclass
+class ControllerState:
+    """What the controller knows now; read by the API, the live view and MQTT."""
+
+    export_w: float | None = None
+    command: Command | None = None
+    schedule: Schedule | None = None
+    last_solve: Schedule | None = None
+    forecasts: dict[str, Forecast] = field(default_factory=dict)
+    fallback_steps: int = 0
+    control_steps: int = 0
+    last_step_at: datetime | None = None
+    written_w: dict[str, float] = field(default_factory=dict)
+
+
+class Controller:
+    """Controls one site through its devices."""
+
+    def __init__(self, config: SiteConfig, *, clock: Clock, storage: Storage | None = None,
+                 mqtt: MqttBridge | None = None, metrics: Metrics | None = None,
+                 control_interval_s: float | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.storage = storage
+        self.mqtt = mqtt
+        self.metrics = metrics
+        self.control_interval_s = control_interval_s or config.control.interval_s
+        self.state = ControllerState()
+        self.connections: dict[tuple[str, int], ModbusConnection] = {}
+        self.devices: dict[str, Device] = {}
+        for a in config.assets:
+            key = (a.host, a.port)
+            if key not in self.connections:
+                self.connections[key] = ModbusConnection(host=a.host, port=a.port,
+                                                         timeout_s=config.polling.timeout_s)
+            self.devices[a.id] = Device(asset_id=a.id, profile=load_profile(a.profile),
+                                        connection=self.connections[key], unit_id=a.unit_id,
+                                        now=clock.now)
+        self.pv: list[PvAsset] = config.of_kind("pv")
+        self.wind: list[WindAsset] = config.of_kind("wind")
+        self.batteries: list[BatteryAsset] = config.of_kind("battery")
+        self.loads: list[LoadAsset] = config.of_kind("load")
+        fc = config.forecasting
+        self.history = IntervalHistory(step_s=fc.step_s, max_intervals=(fc.history_days + 1) * 96)
+        self._geo = {p.id: PvPlantGeometry(
+            latitude=config.site.latitude, longitude=config.site.longitude,
+            altitude_m=config.site.altitude_m, tilt_deg=p.tilt_deg, azimuth_deg=p.azimuth_deg,
+            dc_power_w=p.dc_power_w, rated_power_w=p.rated_power_w) for p in self.pv}
+        self.forecasters: dict[str, Any] = {}
+        for p in self.pv:
+            geo = self._geo[p.id]
+            self.forecasters[p.id] = PvForecaster(
+                p.id, p.rated_power_w, step_s=fc.step_s,
+                clear_sky_w=lambda idx, g=geo: interval_clear_sky_power_w(idx, fc.step_s, g))
+        for w in self.wind:
+            self.forecasters[w.id] = WindForecaster(w.id, w.rated_power_w, step_s=fc.step_s)
+        if self.loads:
+            self.forecasters["load"] = LoadForecaster("load", step_s=fc.step_s)
+        d = config.dispatch
+        self.steps = round(d.horizon_h * 3600 / d.step_s)
+        self.dispatcher = Dispatcher(
+            Fleet(generators=tuple(GeneratorModel(id=g.id, kind=g.kind,
+                                                  rated_power_w=g.rated_power_w)
+                                   for g in [*self.pv, *self.wind]),
+                  batteries=tuple(BatteryModel(
+                      id=b.id, capacity_wh=b.capacity_wh, max_charge_w=b.max_charge_w,
+                      max_discharge_w=b.max_discharge_w, soc_min=b.soc_min, soc_max=b.soc_max,
+                      charge_efficiency=b.charge_efficiency,
+                      discharge_efficiency=b.discharge_efficiency) for b in self.batteries)),
+            steps=self.steps, step_s=d.step_s,
+            weights=Weights(curtailment_per_wh=d.curtailment_weight_per_wh,
+                            battery_wear_per_wh=d.battery_wear_weight_per_wh,
+                            soc_target=d.soc_target, soc_target_per_wh=d.soc_target_weight_per_wh,
+                            export_peak_per_w=d.export_peak_weight_per_w))
+        self.enforce_params = EnforceParams(margin_ratio=config.control.margin_ratio,
+                                            soc_taper_s=config.control.soc_taper_s)
+        self._envelope: dict[str, pd.Series] = {}
+        self._compute = ThreadPoolExecutor(1, thread_name_prefix="vpp-compute")
+        self._io = ThreadPoolExecutor(1, thread_name_prefix="vpp-storage")
+        self._next_forecast: datetime | None = None
+        self._next_fit: datetime | None = None
+        self._next_telemetry: datetime | None = None
+        self._next_publish_wall = 0.0
+
+    # -- history ----------------------------------------------------------------------------
+
+    def seed_history(self, frame: pd.DataFrame) -> None:
+        """Past interval means [W] (columns: series; load as demand, positive)."""
+        self.history.seed(frame)
+
+    async def load_history(self) -> None:
+        """Load the stored interval means of the last ``history_days``."""
+        if self.storage is None:
+            return
+        since = self.clock.now() - timedelta(days=self.config.forecasting.history_days)
+        loop = asyncio.get_running_loop()
+        for name in self.forecasters:
+            s = await loop.run_in_executor(self._io, self.storage.read_interval_means, name,
+                                           since)
+            if len(s):
+                self.history.seed(s.to_frame(name))
+
+    # -- the loops --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set."""
+        await self.load_history()
+        await asyncio.gather(*(d.poll(PollClass.ONCE) for d in self.devices.values()))
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._every(self.control_interval_s, self.control_step),
+                                        name="vpp.control"),
+                         tg.create_task(self._every(self.config.dispatch.interval_s,
+                                                    self.plan_step), name="vpp.planner"),
+                         tg.create_task(self._every(self.config.polling.slow_interval_s,
+                                                    self.slow_poll), name="vpp.slow_poll")]
+                await stop.wait()
+                for t in tasks:
+                    t.cancel()
+        finally:
+            await self.close()
+
+    async def _every(self, interval_s: float, step: Any) -> None:
+        nxt = self.clock.now()
+        while True:
+            await self.clock.sleep_until(nxt)
+            started = self.clock.now()
+            try:
+                await step()
+            except DeviceError as exc:
+                log.warning("%s: %s", step.__name__, exc)
+            if step == self.control_step and self.metrics is not None:
+                self.metrics.control_lag.set(max(0.0, (started - nxt).total_seconds())
+                                             / self.clock.speed)
+            nxt += timedelta(seconds=interval_s)
+            if nxt < self.clock.now():  # too far behind: skip missed steps, do not burst
+                nxt = self.clock.now()
+
+    async def slow_poll(self) -> None:
+        await asyncio.gather(*(d.poll(PollClass.SLOW) for d in self.devices.values()))
+
+    async def close(self) -> None:
+        for c in self.connections.values():
+            c.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self._compute.shutdown, True)
+        await loop.run_in_executor(None, self._io.shutdown, True)  # pending writes finish
+
+    # -- control ----------------------------------------------------------------------------
+
+    def _potential(self, asset: PvAsset | WindAsset, now: datetime) -> float:
+        if isinstance(asset, WindAsset):
+            return asset.rated_power_w
+        env = self._envelope.get(asset.id)
+        if env is None or env.empty:
+            return asset.rated_power_w
+        t = pd.Timestamp(now).floor("1min")
+        window = env[(env.index >= t) & (env.index <= t + pd.Timedelta(minutes=2))]
+        if window.empty:
+            return asset.rated_power_w
+        return float(min(asset.rated_power_w, window.max() * PV_POTENTIAL_MARGIN))
+
+    def _planned(self, battery_id: str, now: datetime) -> float:
+        sch = self.state.schedule
+        if sch is None:
+            return 0.0
+        k = sch.step_at(now)
+        if k is None:
+            return 0.0
+        return float(sch.battery_w[battery_id][k])
+
+    async def control_step(self) -> None:
+        """Poll, enforce, write: one step of the real-time loop."""
+        now = self.clock.now()
+        await asyncio.gather(*(d.poll(PollClass.FAST) for d in self.devices.values()))
+        meter = self.devices[self.config.pcc.meter]
+        s = meter.latest.get("export_w")
+        fresh = s is not None and s.usable and (
+            (now - s.ts).total_seconds() <= self.config.control.pcc_stale_s)
+        export = s.value if fresh and s is not None else None
+        gens = []
+        for g in [*self.pv, *self.wind]:
+            dev = self.devices[g.id]
+            out = dev.value("active_power_w")
+            limit = dev.value("active_power_limit_w")
+            gens.append(GeneratorNow(
+                id=g.id, output_w=out if out is not None else 0.0,
+                potential_w=self._potential(g, now), rated_power_w=g.rated_power_w,
+                limit_w=limit if limit is not None else g.rated_power_w))
+        bats = []
+        for b in self.batteries:
+            dev = self.devices[b.id]
+            p, soc = dev.value("active_power_w"), dev.value("soc")
+            usable = p is not None and soc is not None
+            bats.append(BatteryNow(
+                id=b.id, power_w=p if p is not None else 0.0,
+                soc=soc if soc is not None else b.soc_min, capacity_wh=b.capacity_wh,
+                max_charge_w=b.max_charge_w if usable else 0.0,
+                max_discharge_w=b.max_discharge_w if usable else 0.0,
+                soc_min=b.soc_min, soc_max=b.soc_max,
+                planned_w=self._planned(b.id, now) if usable else 0.0))
+        cmd = enforce(export_w=export, cap_w=self.config.pcc.export_cap_w, generators=gens,
+                      batteries=bats, params=self.enforce_params)
+        await self._apply(cmd, gens, bats)
+        st = self.state
+        st.export_w, st.command, st.last_step_at = export, cmd, now
+        st.control_steps += 1
+        if st.schedule is None or st.schedule.step_at(now) is None:
+            st.fallback_steps += 1
+            if self.metrics is not None:
+                self.metrics.fallbacks.inc()
+        self._record(now, export)
+
+    async def _apply(self, cmd: Command, gens: list[GeneratorNow], bats: list[BatteryNow]) -> None:
+        """Write what changed: first what lowers export, then what raises it."""
+        db = self.config.control.setpoint_deadband_ratio
+        lower, raise_ = [], []
+        for g in gens:
+            new, old = cmd.limits_w[g.id], self.state.written_w.get(g.id)
+            if old is not None and abs(new - old) <= db * g.rated_power_w and not (
+                    new >= g.rated_power_w and old < g.rated_power_w):
+                continue
+            (lower if new < g.limit_w else raise_).append((g.id, "active_power_limit_w", new))
+        for b in bats:
+            new, old = cmd.battery_w[b.id], self.state.written_w.get(b.id)
+            scale = max(b.max_charge_w, b.max_discharge_w, 1.0)
+            if old is not None and abs(new - old) <= db * scale:
+                continue
+            (lower if new < b.power_w else raise_).append((b.id, "power_setpoint_w", new))
+        for batch in (lower, raise_):
+            await asyncio.gather(*(self._write(a, p, v) for a, p, v in batch))
+
+    async def _write(self, asset_id: str, point: str, value: float) -> None:
+        m = self.metrics
+        try:
+            res = await self.devices[asset_id].write(point, value)
+        except DeviceError as exc:
+            log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
+            if m is not None:
+                m.writes[(asset_id, "failed")].inc()
+            return
+        self.state.written_w[asset_id] = res.written
+        if m is not None:
+            m.writes[(asset_id, "clamped" if res.clamped else "ok")].inc()
+
+    def _record(self, now: datetime, export: float | None) -> None:
+        closed: list[tuple[str, datetime, float]] = []
+
+        def add(series: str, value: float | None) -> None:
+            if value is not None:
+                c = self.history.add(series, now, value)
+                if c is not None:
+                    closed.append((series, c[0], c[1]))
+
+        for g in [*self.pv, *self.wind]:
+            dev = self.devices[g.id]
+            avail = dev.value("available_power_w")
+            add(g.id, avail if avail is not None else dev.value("active_power_w"))
+        if self.loads:
+            vals = [self.devices[ld.id].value("active_power_w") for ld in self.loads]
+            if all(v is not None for v in vals):
+                add("load", -sum(v for v in vals if v is not None))
+        add("export", export)
+        if self.storage is not None and closed:
+            asyncio.get_running_loop().run_in_executor(
+                self._io, self.storage.write_interval_means, closed)
+        self._update_metrics(export)
+        if self._next_telemetry is None or now >= self._next_telemetry:
+            self._next_telemetry = now + timedelta(seconds=self.config.storage.telemetry_interval_s)
+            if self.storage is not None:
+                samples = [s for d in self.devices.values() for s in d.latest.values()]
+                asyncio.get_running_loop().run_in_executor(
+                    self._io, self.storage.write_telemetry, samples)
+        self._publish_telemetry(now)
+
+    def _update_metrics(self, export: float | None) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        cmd = self.state.command
+        for aid, dev in self.devices.items():
+            m.up[aid].set(1.0 if dev.health.value == "online" else 0.0)
+            p = dev.value("active_power_w")
+            if p is not None:
+                m.power[aid].set(p)
+        for b in self.batteries:
+            soc = self.devices[b.id].value("soc")
+            if soc is not None:
+                m.soc[b.id].set(soc)
+            if cmd is not None:
+                m.setpoint[b.id].set(cmd.battery_w[b.id])
+        if cmd is not None:
+            for gid, lim in cmd.limits_w.items():
+                m.limit[gid].set(lim)
+            m.control_mode.state(cmd.mode.value)
+            if cmd.worst_export_w == cmd.worst_export_w:
+                m.worst_export.set(cmd.worst_export_w)
+        if export is not None:
+            m.pcc_export.set(export)
+        m.export_cap.set(self.config.pcc.export_cap_w)
+        m.control_steps.inc()
+        if self.mqtt is not None:
+            m.mqtt_buffer.set(self.mqtt.buffered)
+
+    def _publish_telemetry(self, now: datetime) -> None:
+        if self.mqtt is None:
+            return
+        wall = time.monotonic()
+        min_wall = max(0.5, self.config.mqtt.telemetry_interval_s / self.clock.speed)
+        if wall < self._next_publish_wall:
+            return
+        self._next_publish_wall = wall + min_wall
+        for aid, dev in self.devices.items():
+            self.mqtt.publish(f"telemetry/{aid}", {
+                "ts": now, "asset": aid, "health": dev.health.value,
+                "points": {n: {"value": s.value, "unit": s.unit, "quality": s.quality.value,
+                               "ts": s.ts} for n, s in dev.latest.items()}})
+        cmd = self.state.command
+        self.mqtt.publish("pcc", {
+            "ts": now, "export_w": self.state.export_w,
+            "export_cap_w": self.config.pcc.export_cap_w,
+            "mode": cmd.mode.value if cmd else None,
+            "worst_export_w": cmd.worst_export_w if cmd else None})
+
+    # -- planning ---------------------------------------------------------------------------
+
+    async def plan_step(self) -> None:
+        """Issue forecasts when due, then re-solve the schedule."""
+        now = self.clock.now()
+        if self._next_forecast is None or now >= self._next_forecast:
+            await self.issue_forecasts(now)
+            self._next_forecast = _floor(now, self.config.forecasting.issue_interval_s) + \
+                timedelta(seconds=self.config.forecasting.issue_interval_s)
+        await self.solve(now)
+
+    def _forecast_all(self, now: datetime, fit: bool) -> tuple[dict[str, Forecast],
+                                                              dict[str, pd.Series]]:
+        fc = self.config.forecasting
+        steps = round(fc.horizon_h * 3600 / fc.step_s)
+        out = {}
+        for name, f in self.forecasters.items():
+            hist = self.history.series(name)
+            if fit or f.params is None:
+                f.fit(hist)
+            out[name] = f.forecast(hist, now, steps, fc.quantiles)
+        env = {}
+        t0 = pd.Timestamp(now).floor("1min")
+        idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.horizon_h), freq="1min")
+        for pid, geo in self._geo.items():
+            env[pid] = pd.Series(clear_sky_power_w(idx, geo), index=idx)
+        return out, env
+
+    async def issue_forecasts(self, now: datetime) -> None:
+        fit = self._next_fit is None or now >= self._next_fit
+        if fit:
+            self._next_fit = now + timedelta(seconds=self.config.forecasting.refit_interval_s)
+        loop = asyncio.get_running_loop()
+        fcs, env = await loop.run_in_executor(self._compute, self._forecast_all, now, fit)
+        self.state.forecasts = fcs
+        self._envelope = env
+        for name, f in fcs.items():
+            if self.metrics is not None and name in self.metrics.issues:
+                self.metrics.issues[name].inc()
+            if self.storage is not None:
+                loop.run_in_executor(self._io, self.storage.write_forecast, f)
+            if self.mqtt is not None:
+                self.mqtt.publish(f"forecast/{name}", {
+                    "issued_at": f.issued_at, "series": name, "model": f.model,
+                    "step_s": self.config.forecasting.step_s, "start": f.index[0],
+                    "quantiles_w": {f"p{round(q * 100):02d}": v for q, v in f.quantiles.items()}},
+                    qos=1, retain=True)
+
+    def dispatch_inputs(self, start: datetime) -> DispatchInputs:
+        """The solve's numbers from the latest forecasts, aligned on the plan's steps."""
+        d, fcq = self.config.dispatch, self.config.forecasting.quantiles
+        T = self.steps
+
+        def aligned(name: str, level: float) -> np.ndarray:
+            f = self.state.forecasts.get(name)
+            if f is None:
+                return np.zeros(T)
+            q = min(fcq, key=lambda x: abs(x - level))
+            arr = f.q(q)
+            off = int((pd.Timestamp(start) - f.index[0]).total_seconds() // d.step_s)
+            arr = arr[max(0, off):]
+            if len(arr) < T:
+                arr = np.concatenate([arr, np.full(T - len(arr), arr[-1] if len(arr) else 0.0)])
+            return np.asarray(arr[:T], dtype=float)
+
+        gens = [g.id for g in [*self.pv, *self.wind]]
+        soc = {}
+        for b in self.batteries:
+            v = self.devices[b.id].value("soc")
+            soc[b.id] = v if v is not None else b.soc_min
+        return DispatchInputs(
+            start=start,
+            gen_low_w={g: aligned(g, 1 - d.generation_quantile) for g in gens},
+            gen_mid_w={g: aligned(g, 0.5) for g in gens},
+            gen_high_w={g: aligned(g, d.generation_quantile) for g in gens},
+            load_low_w=aligned("load", d.load_quantile), load_mid_w=aligned("load", 0.5),
+            load_high_w=aligned("load", 1 - d.load_quantile),
+            export_cap_w=np.full(T, self.config.pcc.export_cap_w),
+            import_limit_w=np.full(T, self.config.pcc.import_limit_w), soc=soc)
+
+    async def solve(self, now: datetime) -> Schedule:
+        d = self.config.dispatch
+        inputs = self.dispatch_inputs(_floor(now, d.step_s))
+        loop = asyncio.get_running_loop()
+        sch = await loop.run_in_executor(
+            self._compute, lambda: self.dispatcher.solve(
+                inputs, solvers=(d.solver, *d.fallback_solvers), time_limit_s=d.time_limit_s,
+                created_at=now))
+        self.state.last_solve = sch
+        if sch.status.usable:
+            self.state.schedule = sch
+        else:
+            log.warning("dispatch %s (%s): keeping the last good plan", sch.status, sch.message)
+        m = self.metrics
+        if m is not None:
+            m.solves[sch.status.value].inc()
+            m.solve_duration.set(sch.solve_time_s)
+        if self.storage is not None:
+            loop.run_in_executor(self._io, self.storage.write_schedule, sch)
+        if self.mqtt is not None and sch.status.usable:
+            self.mqtt.publish("schedule", schedule_payload(sch), qos=1, retain=True)
+        return sch
+
+
+def schedule_payload(sch: Schedule) -> dict[str, Any]:
+    """A schedule as JSON-ready data (used by MQTT and the API)."""
+    return {
+        "created_at": sch.created_at, "start": sch.start, "step_s": sch.step_s,
+        "status": sch.status.value, "solver": sch.solver, "solve_time_s": sch.solve_time_s,
+        "objective": sch.objective if sch.status.usable else None, "terms": sch.terms,
+        "battery_w": sch.battery_w, "soc": sch.soc, "gen_limit_w": sch.gen_limit_w,
+        "expected_curtailment_w": sch.expected_curtailment_w,
+        "export_worst_w": sch.export_worst_w, "export_expected_w": sch.export_expected_w,
+        "export_cap_w": sch.export_cap_w, "message": sch.message,
+    }
+
+
+def sample_payload(s: Sample) -> dict[str, Any]:
+    return {"value": s.value, "unit": s.unit, "quality": s.quality.value, "ts": s.ts}
+
+

@@ -1,0 +1,179 @@
+"""``vpp demo``: a simulated county and the real controller in one process, on one clock.
+
+The simulated plant serves its devices on Modbus TCP on loopback; the controller reads and
+writes them exactly as it would real hardware. An embedded MQTT broker, SQLite storage and
+the HTTP API (with ``/metrics``) run alongside. The run report is measured on the
+simulator's side (its PCC meter), not from the controller's belief.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sim import SimClock, SimulatedPlant
+from sim.plant import VIOLATION_TOLERANCE_RATIO
+from vpp.broker import port_is_free
+from vpp.config import SiteConfig
+from vpp.service import Services
+from vpp.simbridge import plant_spec
+
+log = logging.getLogger(__name__)
+
+MAX_CONTROL_STEPS_PER_WALL_S = 100.0  # what one core sustains with Modbus on loopback
+
+
+def auto_control_interval_s(config: SiteConfig, speed: float) -> float:
+    """The control interval [simulated s] the demo can keep at this speed.
+
+    Each step polls every device and writes setpoints over Modbus TCP (a few ms of CPU);
+    at high speed the interval grows so that the loop keeps up, and the report says so.
+    """
+    return max(config.control.interval_s, round(speed / MAX_CONTROL_STEPS_PER_WALL_S, 1))
+
+
+@dataclass
+class DemoOptions:
+    hours: float | None = None  # None: until stopped
+    speed: float = 60.0
+    seed: int | None = None
+    control_interval_s: float | None = None
+    ephemeral_ports: bool = False  # tests: let the OS choose every port
+    data_dir: Path | None = None
+
+
+class Demo:
+    """Owns a demo run (simulated plant + services); use as an async context manager."""
+
+    def __init__(self, config: SiteConfig, options: DemoOptions) -> None:
+        self.options = options
+        start = (datetime.fromisoformat(config.sim.start) if config.sim.start
+                 else datetime.now(UTC).replace(microsecond=0))
+        if start.tzinfo is None:
+            start = start.replace(tzinfo=UTC)
+        self.clock = SimClock(start=start, speed=options.speed)
+        self.start = self.clock.start
+        self.seed = options.seed if options.seed is not None else config.sim.seed
+        busy = [a.id for a in config.assets if a.port and not port_is_free(a.host, a.port)]
+        if busy and not options.ephemeral_ports:
+            log.warning("Modbus ports of %s are in use; the simulator takes free ports", busy)
+        if busy or options.ephemeral_ports:
+            config = config.model_copy(update={"assets": tuple(
+                a.model_copy(update={"port": 0}) for a in config.assets)})
+        self.sim = SimulatedPlant(plant_spec(config), clock=self.clock, seed=self.seed,
+                                  history_days=config.sim.history_days)
+        self.config = config
+        self.control_interval_s = options.control_interval_s or auto_control_interval_s(
+            config, options.speed)
+        self.services: Services | None = None
+        self.modbus_urls: dict[str, str] = {}
+        self._stop = asyncio.Event()
+        self.wall_start = 0.0
+        self.wall_end = 0.0
+
+    def history_frame(self) -> pd.DataFrame:
+        """The plant's past days as interval means, as its historian would give them."""
+        cfg = self.config
+        t0 = self.start.timestamp()
+        frame = self.sim.plant.weather.frame(t0 - cfg.sim.history_days * 86400.0, t0)
+        step = f"{cfg.forecasting.step_s}s"
+        out = pd.DataFrame(index=frame.resample(step).mean().index)
+        for a in cfg.assets:
+            if a.kind in ("pv", "wind"):
+                out[a.id] = frame[a.id].resample(step).mean()
+        loads = [a.id for a in cfg.assets if a.kind == "load"]
+        if loads:
+            out["load"] = -frame[loads].sum(axis=1).resample(step).mean()
+        return out
+
+    async def __aenter__(self) -> Demo:
+        await self.sim.__aenter__()
+        ports = {a.id: self.sim.endpoint_of(a.id) for a in self.config.assets}
+        self.config = self.config.model_copy(update={"assets": tuple(
+            a.model_copy(update={"host": ports[a.id][0], "port": ports[a.id][1]})
+            for a in self.config.assets)})
+        self.modbus_urls = {a: f"modbus://{h}:{p}" for a, (h, p) in ports.items()}
+        self.services = Services(self.config, clock=self.clock,
+                                 control_interval_s=self.control_interval_s,
+                                 ephemeral_ports=self.options.ephemeral_ports,
+                                 data_dir=self.options.data_dir, history=self.history_frame())
+        await self.services.__aenter__()
+        self.wall_start = time.monotonic()
+        return self
+
+    @property
+    def controller(self) -> Any:
+        return self.services.controller if self.services else None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self, *, on_tick: Callable[[], None] | None = None,
+                   tick_wall_s: float = 0.25) -> None:
+        """Run until ``hours`` of simulated time have passed, or until stopped."""
+        hours = self.options.hours
+        while not self._stop.is_set():
+            if hours is not None and self.clock.elapsed_s() >= hours * 3600.0:
+                break
+            if self.services is not None:
+                self.services.check()
+            if on_tick is not None:
+                on_tick()
+            try:
+                await asyncio.wait_for(self._stop.wait(), tick_wall_s)
+            except TimeoutError:
+                pass
+        self._stop.set()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        self.wall_end = time.monotonic()
+        if self.services is not None:
+            await self.services.__aexit__(None, None, None)
+        await self.sim.__aexit__(None, None, None)
+
+    def report(self) -> dict[str, Any]:
+        """The run report: the simulated meter's view of the run."""
+        st = self.sim.plant.finish()
+        ctrl = self.controller
+        mqtt = self.services.mqtt if self.services else None
+        return {
+            "site": self.config.site.id,
+            "start": self.start.isoformat(),
+            "end": datetime.fromtimestamp(self.sim.plant.t_s, UTC).isoformat(),
+            "seed": self.seed,
+            "speed": self.options.speed,
+            "sim_hours": st.sim_s / 3600.0,
+            "wall_seconds": (self.wall_end or time.monotonic()) - self.wall_start,
+            "control_interval_s": self.control_interval_s,
+            "export_cap_w": self.config.pcc.export_cap_w,
+            "violation_tolerance_ratio": VIOLATION_TOLERANCE_RATIO,
+            "max_export_w": st.max_export_w,
+            "cap_violation_s": st.cap_violation_s,
+            "uncontrolled_max_export_w": st.uncontrolled_max_export_w,
+            "curtailed_energy_wh": st.curtailed_wh,
+            "renewable_energy_wh": st.renewable_wh,
+            "renewable_available_wh": st.renewable_available_wh,
+            "load_energy_wh": st.load_wh,
+            "export_energy_wh": st.export_wh,
+            "import_energy_wh": st.import_wh,
+            "battery_throughput_wh": st.battery_throughput_wh,
+            "battery_loss_wh": st.battery_loss_wh,
+            "energy_balance_error_ratio": st.energy_balance_error_ratio(),
+            "control_steps": ctrl.state.control_steps if ctrl else 0,
+            "steps_without_plan": ctrl.state.fallback_steps if ctrl else 0,
+            "mqtt_messages_sent": mqtt.sent if mqtt else 0,
+        }
+
+
+def write_report(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,149 @@
+"""Everything around a controller: broker, MQTT bridge, storage, metrics, API.
+
+Used by ``vpp run`` (real time, real devices) and ``vpp demo`` (simulated plant).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from rich.console import Console
+
+from vpp import __version__
+from vpp.api import ApiServer, create_app
+from vpp.broker import EmbeddedBroker, port_is_free
+from vpp.config import SiteConfig
+from vpp.controller import Clock, Controller
+from vpp.metrics import Metrics
+from vpp.mqtt import MqttBridge
+from vpp.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def default_data_dir() -> Path:
+    base = Path.home() / ".local" / "share" / "county-vpp"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@dataclass
+class Urls:
+    api: str = ""
+    metrics: str = ""
+    mqtt: str = ""
+    database: str = ""
+
+
+class Services:
+    """Starts a controller with its interfaces; use as an async context manager."""
+
+    def __init__(self, config: SiteConfig, *, clock: Clock, control_interval_s: float | None = None,
+                 ephemeral_ports: bool = False, data_dir: Path | None = None,
+                 history: pd.DataFrame | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.control_interval_s = control_interval_s
+        self.ephemeral_ports = ephemeral_ports
+        self.data_dir = data_dir
+        self.history = history
+        self.urls = Urls()
+        self.broker: EmbeddedBroker | None = None
+        self.mqtt: MqttBridge | None = None
+        self.storage: Storage | None = None
+        self.api: ApiServer | None = None
+        self.controller: Controller | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._control_task: asyncio.Task[None] | None = None
+        self.stopping = asyncio.Event()
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    def _port(self, host: str, port: int) -> int:
+        return 0 if self.ephemeral_ports or not port_is_free(host, port) else port
+
+    async def __aenter__(self) -> Services:
+        cfg = self.config
+        if cfg.mqtt.enabled:
+            host, port = cfg.mqtt.host, cfg.mqtt.port
+            if cfg.mqtt.embedded:
+                self.broker = EmbeddedBroker(host=host, port=self._port(host, port))
+                await self.broker.start()
+                port = self.broker.port
+            self.mqtt = MqttBridge(
+                host=host, port=port, site=cfg.site.id, prefix=cfg.mqtt.topic_prefix,
+                username=cfg.mqtt.username, tls=cfg.mqtt.tls,
+                password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None)
+            self.urls.mqtt = f"mqtt://{host}:{port}  (topics {cfg.mqtt.topic_prefix}/{cfg.site.id}/#)"
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="vpp.mqtt"))
+        url = cfg.storage.url
+        if url is None:
+            if self.data_dir is not None:
+                data_dir = self.data_dir
+            elif cfg.storage.data_dir is not None:
+                data_dir = Path(cfg.storage.data_dir)
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="vpp-")
+                data_dir = Path(self._tmp.name)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            url = f"sqlite:///{data_dir / 'vpp.sqlite'}"
+        self.storage = await asyncio.to_thread(Storage, url)
+        self.urls.database = url
+        metrics = Metrics(site=cfg.site.id, assets=[(a.id, a.kind) for a in cfg.assets],
+                          version=__version__) if cfg.metrics.enabled else None
+        self.controller = Controller(cfg, clock=self.clock, storage=self.storage, mqtt=self.mqtt,
+                                     metrics=metrics, control_interval_s=self.control_interval_s)
+        if self.history is not None:
+            self.controller.seed_history(self.history)
+        self.api = ApiServer(create_app(self.controller), host=cfg.api.host,
+                             port=self._port(cfg.api.host, cfg.api.port))
+        await self.api.start()
+        self.urls.api = f"{self.api.url}/api/v1/health"
+        self.urls.metrics = f"{self.api.url}/metrics"
+        self._control_task = asyncio.create_task(self.controller.run(self.stopping),
+                                                 name="vpp.controller")
+        return self
+
+    def check(self) -> None:
+        """Raise the error of a part that died."""
+        for t in [*self._tasks, self._control_task]:
+            if t is not None and t.done() and not t.cancelled() and t.exception() is not None:
+                raise t.exception()  # type: ignore[misc]
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.stopping.set()
+        if self._control_task is not None:
+            await asyncio.gather(self._control_task, return_exceptions=True)
+        if self.api is not None:
+            await self.api.stop()
+        if self.mqtt is not None:
+            await self.mqtt.drain(timeout_s=2.0)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.storage is not None:
+            await asyncio.to_thread(self.storage.close)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+async def serve(config: SiteConfig, console: Console) -> None:
+    """``vpp run``: the controller in real time until cancelled."""
+    from sim.clock import WallClock
+    data_dir = None if config.storage.url or config.storage.data_dir else default_data_dir()
+    async with Services(config, clock=WallClock(), data_dir=data_dir) as svc:
+        console.print(f"controller for site [bold]{config.site.id}[/] running")
+        console.print(f"  API      {svc.urls.api}")
+        console.print(f"  metrics  {svc.urls.metrics}")
+        console.print(f"  MQTT     {svc.urls.mqtt or 'disabled'}")
+        console.print(f"  storage  {svc.urls.database}")
+        while True:
+            svc.check()
+            await asyncio.sleep(1.0)

@@ -14,7 +14,7 @@ from enum import StrEnum
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.profile import MAX_READ_REGISTERS, Access, PollClass, Point, Profile, Table
+from drivers.profile import MAX_READ_REGISTERS, Access, Point, PollClass, Profile, Table
 from drivers.registers import decode, encode, is_not_implemented
 from drivers.telemetry import Quality, Sample
 
@@ -209,7 +209,8 @@ class Device:
             (p.valid_min is not None and value < p.valid_min)
             or (p.valid_max is not None and value > p.valid_max)
         )
-        return Sample(self.asset_id, p.name, value, p.unit, ts, Quality.BAD if bad else Quality.GOOD)
+        quality = Quality.BAD if bad else Quality.GOOD
+        return Sample(self.asset_id, p.name, value, p.unit, ts, quality)
 
     async def poll(self, poll_class: PollClass = PollClass.FAST) -> dict[str, Sample]:
         """Read every point of a poll class; failed blocks give samples of quality missing."""

@@ -7,6 +7,7 @@ be derived from them; see ``docs/drivers.md``.
 
 from __future__ import annotations
 
+import itertools
 from enum import StrEnum
 from functools import cache
 from pathlib import Path
@@ -85,7 +86,8 @@ class Point(BaseModel):
             raise ValueError(f"point {self.name}: scale 0 is not allowed (value = raw × scale)")
         if self.type is RegisterType.STRING and self.length <= 0:
             raise ValueError(f"point {self.name}: a string point needs 'length' > 0 registers")
-        if self.access is Access.READ and (self.write_min is not None or self.write_max is not None):
+        has_range = self.write_min is not None or self.write_max is not None
+        if self.access is Access.READ and has_range:
             raise ValueError(f"point {self.name}: write_min/write_max need access 'rw'")
         if self.access is Access.READ_WRITE and self.table is Table.INPUT:
             raise ValueError(f"point {self.name}: input registers cannot be written")
@@ -125,10 +127,9 @@ class Profile(BaseModel):
         if dup:
             raise ValueError(f"profile {self.name}: duplicate point names {sorted(dup)}")
         for table in Table:
-            spans = sorted(
-                (p.address, p.address + p.registers, p.name) for p in self.points if p.table == table
-            )
-            for (_, end_a, name_a), (start_b, _, name_b) in zip(spans, spans[1:], strict=False):
+            spans = sorted((p.address, p.address + p.registers, p.name)
+                           for p in self.points if p.table == table)
+            for (_, end_a, name_a), (start_b, _, name_b) in itertools.pairwise(spans):
                 if start_b < end_a:
                     raise ValueError(
                         f"profile {self.name}: points {name_a} and {name_b} overlap in the "
@@ -150,7 +151,8 @@ class Profile(BaseModel):
         have = {(p.name, p.access) for p in self.points}
         caps = set()
         for cap, (name, access) in _CAPABILITY_POINTS.items():
-            if (name, access) in have or (access is Access.READ and (name, Access.READ_WRITE) in have):
+            readable_rw = access is Access.READ and (name, Access.READ_WRITE) in have
+            if (name, access) in have or readable_rw:
                 caps.add(cap)
         return frozenset(caps)
 

@@ -32,7 +32,7 @@ DEVICE_FAILURE = 4
 GATEWAY_TARGET_FAILED = 11
 
 
-class ModbusReply(Exception):
+class ModbusReplyError(Exception):
     """An exception response to send back."""
 
     def __init__(self, code: int) -> None:
@@ -64,32 +64,29 @@ class SimUnit:
         return regs
 
     def read(self, table: Table, address: int, count: int) -> list[int]:
-        covered = False
-        for p in self.profile.points:
-            if p.table == table and p.address < address + count and address < p.address + p.registers:
-                covered = True
-                break
-        if not covered:
-            raise ModbusReply(ILLEGAL_ADDRESS)
+        end = address + count
+        if not any(p.table == table and p.address < end and address < p.address + p.registers
+                   for p in self.profile.points):
+            raise ModbusReplyError(ILLEGAL_ADDRESS)
         try:
             regs = self._image(table)
         except RegisterCodecError as exc:
             log.warning("%s: cannot encode a value: %s", self.profile.name, exc)
-            raise ModbusReply(DEVICE_FAILURE) from exc
+            raise ModbusReplyError(DEVICE_FAILURE) from exc
         return [regs.get(a, 0) for a in range(address, address + count)]
 
     def write(self, address: int, words: list[int]) -> None:
         for p in self.profile.points:
             if p.table is Table.HOLDING and p.address == address and p.registers == len(words):
                 if p.access is not Access.READ_WRITE:
-                    raise ModbusReply(ILLEGAL_ADDRESS)
+                    raise ModbusReplyError(ILLEGAL_ADDRESS)
                 value = float(decode(words, p.type, self.profile.order_of(p))) * p.scale
                 lo, hi = p.writable_range()
                 if not lo <= value <= hi:
-                    raise ModbusReply(ILLEGAL_VALUE)
+                    raise ModbusReplyError(ILLEGAL_VALUE)
                 self.on_write(p.name, value)
                 return
-        raise ModbusReply(ILLEGAL_ADDRESS)
+        raise ModbusReplyError(ILLEGAL_ADDRESS)
 
 
 class ModbusTcpDeviceServer:
@@ -124,11 +121,11 @@ class ModbusTcpDeviceServer:
         unit = self.units.get(unit_id)
         try:
             if unit is None:
-                raise ModbusReply(GATEWAY_TARGET_FAILED)
+                raise ModbusReplyError(GATEWAY_TARGET_FAILED)
             if fc in (3, 4):
                 address, count = struct.unpack(">HH", pdu[1:5])
                 if not 1 <= count <= 125:
-                    raise ModbusReply(ILLEGAL_VALUE)
+                    raise ModbusReplyError(ILLEGAL_VALUE)
                 table = Table.HOLDING if fc == 3 else Table.INPUT
                 words = unit.read(table, address, count)
                 return struct.pack(f">BB{count}H", fc, 2 * count, *words)
@@ -139,12 +136,12 @@ class ModbusTcpDeviceServer:
             if fc == 16:
                 address, count, nbytes = struct.unpack(">HHB", pdu[1:6])
                 if nbytes != 2 * count or not 1 <= count <= 123:
-                    raise ModbusReply(ILLEGAL_VALUE)
+                    raise ModbusReplyError(ILLEGAL_VALUE)
                 words = list(struct.unpack(f">{count}H", pdu[6 : 6 + nbytes]))
                 unit.write(address, words)
                 return struct.pack(">BHH", fc, address, count)
-            raise ModbusReply(ILLEGAL_FUNCTION)
-        except ModbusReply as reply:
+            raise ModbusReplyError(ILLEGAL_FUNCTION)
+        except ModbusReplyError as reply:
             return struct.pack(">BB", fc | 0x80, reply.code)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -110,7 +110,7 @@ class Weather:
         times = pd.date_range(pd.Timestamp(t0_s, unit="s", tz="UTC"), periods=n, freq="1min")
         local = times.tz_convert(self._tz)
         hour = np.asarray(local.hour + local.minute / 60.0, dtype=float)
-        weekend = np.asarray(local.dayofweek >= 5)
+        weekend = np.asarray(local.day_of_week >= 5)
         temp = 15.0 + 7.0 * np.sin(2 * np.pi * (hour - 9.0) / 24.0)
         load_factor = physics.load_shape(hour, weekend) * (1.0 + load_noise)
 

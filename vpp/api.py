@@ -12,7 +12,7 @@ import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import make_asgi_app
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vpp import __version__
 from vpp.controller import Controller, schedule_payload
@@ -41,7 +41,10 @@ def create_app(ctrl: Controller) -> FastAPI:
 
     if ctrl.metrics is not None:
         metrics = ctrl.metrics
-        app.mount("/metrics", make_asgi_app(registry=metrics.registry))
+
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus() -> Response:
+            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         @app.middleware("http")
         async def count(request: Request, call_next: Any) -> Response:

@@ -38,8 +38,8 @@ from forecasting import (
 from vpp.config import BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
 from vpp.dispatch import (
     BatteryModel,
-    DispatchInputs,
     Dispatcher,
+    DispatchInputs,
     Fleet,
     GeneratorModel,
     Schedule,

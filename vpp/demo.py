@@ -9,6 +9,7 @@ simulator's side (its PCC meter), not from the controller's belief.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -128,10 +129,8 @@ class Demo:
                 self.services.check()
             if on_tick is not None:
                 on_tick()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), tick_wall_s)
-            except TimeoutError:
-                pass
         self._stop.set()
 
     async def __aexit__(self, *exc: object) -> None:

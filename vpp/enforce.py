@@ -99,6 +99,14 @@ def _spread(total: float, weights: dict[str, float]) -> dict[str, float]:
     return {k: total * w / s for k, w in weights.items()}
 
 
+def _worst_change(g: GeneratorNow, limit_w: float) -> float:
+    """The most a generator's output can change under a new limit [W]: a cut below its
+    output is certain; above it, it may rise to what it could physically give."""
+    if limit_w < g.output_w:
+        return limit_w - g.output_w
+    return max(0.0, min(limit_w, g.potential_w) - g.output_w)
+
+
 def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorNow],
             batteries: list[BatteryNow], params: EnforceParams) -> Command:
     """One control step: generator limits and battery setpoints from the measured PCC export."""
@@ -125,12 +133,10 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
 
     if room < 0:
         # 1. over target: batteries absorb first
-        need = -room
-        absorb = min(need, sum(spare_charge.values()))
+        absorb = min(-room, sum(spare_charge.values()))
         share = _spread(absorb, spare_charge)
         bats = {k: b_now[k] - share[k] for k in b_now}
-        room_g = room + absorb  # ≤ 0: what generation must still shed
-        mode = EnforceMode.CURTAILING if room_g < 0 else EnforceMode.ABSORBING
+        mode = EnforceMode.ABSORBING
     elif binding and sum(spare_charge.values()) > 0:
         # 2. a generator is curtailing: charge more so its limit can rise
         wanted = sum(head[g.id] for g in binding)
@@ -138,7 +144,6 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
                    params.absorb_step_ratio * sum(b.max_charge_w for b in batteries))
         share = _spread(step, spare_charge)
         bats = {k: b_now[k] - share[k] for k in b_now}
-        room_g = room + step
         mode = EnforceMode.ABSORBING
     else:
         # 3. back towards the plan, with the room the generators' headroom leaves
@@ -152,9 +157,11 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
                 rise = min(planned - b_now[b.id], max(0.0, free))
                 free -= rise
                 bats[b.id] = b_now[b.id] + rise
-        room_g = room - sum(max(0.0, bats[k] - b_now[k]) for k in bats)
         mode = EnforceMode.NORMAL
+    # a battery outside what its SOC allows is brought back first; whatever that (or any
+    # other battery change) does to export is what the generators' limits must absorb
     bats = {k: min(max(v, lo[k]), hi[k]) for k, v in bats.items()}
+    room_g = room - sum(bats[k] - b_now[k] for k in bats)
 
     # generators: headroom from the room left, or a cut when there is none
     limits: dict[str, float] = {}
@@ -173,6 +180,6 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
             notes.append("generation cannot shed the whole excess")
         mode = EnforceMode.CURTAILING
     worst = export_w + sum(bats[k] - b_now[k] for k in bats) + sum(
-        max(0.0, min(limits[g.id], g.potential_w) - g.output_w) for g in generators)
+        _worst_change(g, limits[g.id]) for g in generators)
     return Command(limits_w=limits, battery_w=bats, mode=mode, target_w=target, room_w=room,
                    worst_export_w=worst, notes=notes)

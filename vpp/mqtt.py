@@ -13,6 +13,7 @@ is away messages wait in the buffer and go out in order on reconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -58,6 +59,7 @@ class MqttBridge:
         self.max_buffer = max_buffer
         self._buffer: deque[Message] = deque()
         self._wake = asyncio.Event()
+        self._empty = asyncio.Event()
         self.sent = 0
         self.dropped = 0
         self.connected = False
@@ -75,6 +77,7 @@ class MqttBridge:
         if len(self._buffer) >= self.max_buffer:
             self._drop_one()
         self._buffer.append(msg)
+        self._empty.clear()
         self._wake.set()
 
     def _drop_one(self) -> None:
@@ -88,10 +91,9 @@ class MqttBridge:
 
     async def drain(self, *, timeout_s: float) -> bool:
         """Wait until the buffer is sent (True) or ``timeout_s`` passes (False)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self._buffer and self.connected and loop.time() < deadline:
-            await asyncio.sleep(0.02)
+        if self._buffer and self.connected:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), timeout_s)
         return not self._buffer
 
     def _client(self) -> aiomqtt.Client:
@@ -120,6 +122,7 @@ class MqttBridge:
                             if self._buffer and self._buffer[0] is m:
                                 self._buffer.popleft()
                             self.sent += 1
+                        self._empty.set()
                         self._wake.clear()
                         await self._wake.wait()
             except aiomqtt.MqttError as exc:

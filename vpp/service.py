@@ -79,7 +79,8 @@ class Services:
                 host=host, port=port, site=cfg.site.id, prefix=cfg.mqtt.topic_prefix,
                 username=cfg.mqtt.username, tls=cfg.mqtt.tls,
                 password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None)
-            self.urls.mqtt = f"mqtt://{host}:{port}  (topics {cfg.mqtt.topic_prefix}/{cfg.site.id}/#)"
+            topics = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/#"
+            self.urls.mqtt = f"mqtt://{host}:{port}  (topics {topics})"
             self._tasks.append(asyncio.create_task(self.mqtt.run(), name="vpp.mqtt"))
         url = cfg.storage.url
         if url is None:

@@ -99,7 +99,7 @@ class Storage:
         if not rows:
             return
         with self.engine.begin() as c:
-            for series, ts, value in rows:
+            for series, ts, _ in rows:
                 c.execute(interval_means.delete().where(
                     (interval_means.c.series == series) & (interval_means.c.ts == ts)))
             c.execute(interval_means.insert(),

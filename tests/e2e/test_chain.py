@@ -1,0 +1,145 @@
+"""The whole chain for real: simulated plant on Modbus TCP → drivers → forecasts → cvxpy plan
+→ enforcement → setpoints, with MQTT, HTTP and metrics; the cap judged by the simulator's meter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import httpx
+import pytest
+
+from vpp.config import SiteConfig
+from vpp.demo import Demo, DemoOptions
+
+pytestmark = pytest.mark.e2e
+
+
+def midday(cfg: SiteConfig, **mqtt: Any) -> SiteConfig:
+    start = "2026-04-15T11:00:00+08:00"
+    update: dict[str, Any] = {"sim": cfg.sim.model_copy(update={"start": start})}
+    if mqtt:
+        update["mqtt"] = cfg.mqtt.model_copy(update=mqtt)
+        update["site"] = cfg.site.model_copy(update={"id": f"e2e-{uuid.uuid4().hex[:6]}"})
+    return cfg.model_copy(update=update)
+
+
+async def collect(host: str, port: int, topic: str, out: dict[str, dict[str, Any]],
+                  ready: asyncio.Event) -> None:
+    async with aiomqtt.Client(host, port) as client:
+        await client.subscribe(topic)
+        ready.set()
+        async for msg in client.messages:
+            out[str(msg.topic)] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+
+
+async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: SiteConfig) -> None:
+    cfg = midday(demo_config)
+    demo = Demo(cfg, DemoOptions(hours=2.0, speed=600.0, ephemeral_ports=True))
+    seen: dict[str, dict[str, Any]] = {}
+    async with demo:
+        svc = demo.services
+        assert svc is not None and svc.broker is not None and svc.api is not None
+        ready = asyncio.Event()
+        sub = asyncio.create_task(collect("127.0.0.1", svc.broker.port,
+                                          f"vpp/{cfg.site.id}/#", seen, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.sleep(4.0)  # 40 simulated minutes: forecasts issued, plans solved
+        async with httpx.AsyncClient(base_url=svc.api.url, timeout=10) as http:
+            health = (await http.get("/api/v1/health")).json()
+            assets = (await http.get("/api/v1/assets")).json()
+            forecasts = (await http.get("/api/v1/forecasts")).json()
+            one = await http.get("/api/v1/forecasts", params={"series": "pv1"})
+            unknown = await http.get("/api/v1/forecasts", params={"series": "nope"})
+            schedule = await http.get("/api/v1/schedule")
+            metrics = (await http.get("/metrics")).text
+            openapi = (await http.get("/api/v1/openapi.json")).json()
+        await demo.wait()
+        sub.cancel()
+        await asyncio.gather(sub, return_exceptions=True)
+    rep = demo.report()
+
+    # the cap, as the simulated meter saw it
+    cap = rep["export_cap_w"]
+    assert rep["uncontrolled_max_export_w"] > 1.2 * cap  # control had work to do
+    assert rep["cap_violation_s"] == 0
+    assert rep["max_export_w"] <= 1.01 * cap
+    assert rep["energy_balance_error_ratio"] < 0.005
+    assert rep["curtailed_energy_wh"] < rep["renewable_available_wh"]
+    assert rep["battery_throughput_wh"] > 0
+    assert rep["sim_hours"] >= 2.0
+
+    # HTTP
+    assert health["status"] in ("ok", "degraded") and health["site"] == cfg.site.id
+    assert health["dispatch"]["status"] == "optimal"
+    assert {a["id"] for a in assets} == {"pv1", "wf1", "bess1", "load", "pcc"}
+    pcc = next(a for a in assets if a["id"] == "pcc")
+    assert pcc["points"]["export_w"]["quality"] == "good"
+    assert pcc["points"]["export_w"]["unit"] == "W"
+    assert set(forecasts) == {"pv1", "wf1", "load"}
+    for f in forecasts.values():
+        q = f["quantiles_w"]
+        assert len(q["p10"]) == len(f["index"]) == 48
+        assert all(a <= b <= c for a, b, c in zip(q["p10"], q["p50"], q["p90"], strict=True))
+    assert one.status_code == 200 and set(one.json()) == {"pv1"}
+    assert unknown.status_code == 404 and "unknown series" in unknown.json()["detail"]
+    assert schedule.status_code == 200
+    plan = schedule.json()
+    assert plan["status"] == "optimal"
+    worst, caps = plan["export_worst_w"], plan["export_cap_w"]
+    assert all(w <= c + 1 for w, c in zip(worst, caps, strict=True))
+    assert "/api/v1/schedule" in openapi["paths"]
+    # metrics
+    assert f'vpp_pcc_export_watts{{site="{cfg.site.id}"}}' in metrics
+    assert "vpp_battery_state_of_charge_ratio" in metrics
+    assert 'vpp_dispatch_solves_total{site="demo-county",status="optimal"}' in metrics
+    # MQTT
+    base = f"vpp/{cfg.site.id}"
+    for topic in ("status", "telemetry/pv1", "telemetry/pcc", "pcc", "schedule", "forecast/pv1"):
+        assert f"{base}/{topic}" in seen, sorted(seen)
+        assert seen[f"{base}/{topic}"]["schema"] == 1
+    assert seen[f"{base}/status"]["state"] == "online"
+    assert seen[f"{base}/telemetry/pv1"]["points"]["active_power_w"]["unit"] == "W"
+
+
+async def test_the_chain_publishes_through_mosquitto(demo_config: SiteConfig,
+                                                     mosquitto: tuple[str, int]) -> None:
+    if shutil.which("mosquitto_sub") is None:
+        pytest.fail("mosquitto_sub (package mosquitto-clients) is needed; .ci/run installs it")
+    host, port = mosquitto
+    cfg = midday(demo_config, embedded=False, host=host, port=port)
+    sub = await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-h", host, "-p", str(port), "-t", f"vpp/{cfg.site.id}/schedule",
+        "-t", f"vpp/{cfg.site.id}/pcc", "-v", "-C", "2", "-W", "30",
+        stdout=asyncio.subprocess.PIPE)
+    demo = Demo(cfg, DemoOptions(hours=0.5, speed=600.0, ephemeral_ports=True))
+    async with demo:
+        await demo.wait()
+        out, _ = await asyncio.wait_for(sub.communicate(), 30)
+    topics = {ln.split(" ", 1)[0] for ln in out.decode().splitlines()}
+    assert topics == {f"vpp/{cfg.site.id}/schedule", f"vpp/{cfg.site.id}/pcc"}
+    assert demo.report()["cap_violation_s"] == 0
+
+
+def test_vpp_demo_command_writes_the_report(tmp_path: Path) -> None:
+    report = tmp_path / "r.json"
+    res = subprocess.run([sys.executable, "-m", "vpp.cli", "demo", "--hours", "0.5", "--speed",
+                          "600", "--report", str(report)], capture_output=True, text=True,
+                         timeout=180, check=False, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "Traceback" not in res.stderr
+    rep = json.loads(report.read_text())
+    for key in ("export_cap_w", "max_export_w", "cap_violation_s", "uncontrolled_max_export_w",
+                "curtailed_energy_wh", "renewable_energy_wh", "battery_throughput_wh",
+                "energy_balance_error_ratio", "sim_hours", "wall_seconds", "control_interval_s"):
+        assert key in rep
+    assert rep["sim_hours"] >= 0.5
+    assert "API" in res.stdout and "/metrics" in res.stdout and "mqtt://" in res.stdout

@@ -1,0 +1,125 @@
+"""The real-time enforcement law: its promise holds for any state, and priorities are kept."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vpp.enforce import BatteryNow, EnforceMode, EnforceParams, GeneratorNow, enforce
+
+P = EnforceParams(margin_ratio=0.03, soc_taper_s=600.0)
+CAP = 35e6
+
+
+def gen(id_: str, out: float, pot: float, rated: float, limit: float | None = None) -> GeneratorNow:
+    return GeneratorNow(id=id_, output_w=out, potential_w=pot, rated_power_w=rated,
+                        limit_w=rated if limit is None else limit)
+
+
+def bat(p: float = 0.0, soc: float = 0.5, planned: float = 0.0) -> BatteryNow:
+    return BatteryNow(id="b", power_w=p, soc=soc, capacity_wh=50e6, max_charge_w=20e6,
+                      max_discharge_w=20e6, soc_min=0.1, soc_max=0.95, planned_w=planned)
+
+
+def test_excess_goes_to_the_battery_before_curtailment() -> None:
+    gens = [gen("pv", 50e6, 52e6, 60e6), gen("wf", 10e6, 30e6, 30e6)]
+    cmd = enforce(export_w=40e6, cap_w=CAP, generators=gens, batteries=[bat()], params=P)
+    target = CAP * 0.97
+    assert cmd.battery_w["b"] == pytest.approx(-(40e6 - target))  # absorbs the whole excess
+    assert cmd.limits_w["pv"] >= 50e6 and cmd.limits_w["wf"] >= 10e6  # nothing cut
+    assert cmd.worst_export_w <= target + 1
+
+
+def test_curtails_in_proportion_when_the_battery_is_full() -> None:
+    gens = [gen("pv", 40e6, 42e6, 60e6), gen("wf", 20e6, 30e6, 30e6)]
+    full = bat(soc=0.95)
+    cmd = enforce(export_w=41e6, cap_w=CAP, generators=gens, batteries=[full], params=P)
+    assert cmd.mode is EnforceMode.CURTAILING
+    assert cmd.battery_w["b"] == pytest.approx(0.0)
+    cut_pv, cut_wf = 40e6 - cmd.limits_w["pv"], 20e6 - cmd.limits_w["wf"]
+    assert cut_pv + cut_wf == pytest.approx(41e6 - CAP * 0.97)
+    assert cut_pv / cut_wf == pytest.approx(2.0)  # in proportion to output
+
+
+def test_limits_leave_only_the_room_that_exists() -> None:
+    # 4 MW of room under the target, PV could rise by 20 MW: its limit holds it to the room
+    gens = [gen("pv", 30e6, 50e6, 60e6)]
+    export = CAP * 0.97 - 4e6
+    cmd = enforce(export_w=export, cap_w=CAP, generators=gens, batteries=[], params=P)
+    assert cmd.mode is EnforceMode.HEADROOM
+    assert cmd.limits_w["pv"] == pytest.approx(34e6)
+    # lots of room: no limit at all
+    cmd = enforce(export_w=0.0, cap_w=CAP, generators=gens, batteries=[], params=P)
+    assert cmd.limits_w["pv"] == 60e6 and cmd.mode is EnforceMode.NORMAL
+
+
+def test_a_pinned_generator_makes_the_battery_charge_more() -> None:
+    gens = [gen("pv", 33.9e6, 50e6, 60e6, limit=34e6)]  # at its limit: curtailing
+    export = CAP * 0.97 - 0.1e6
+    cmd = enforce(export_w=export, cap_w=CAP, generators=gens, batteries=[bat()], params=P)
+    assert cmd.mode is EnforceMode.ABSORBING
+    assert cmd.battery_w["b"] < 0
+    assert cmd.limits_w["pv"] > 34e6  # released by what the battery now takes
+
+
+def test_battery_returns_to_plan_only_with_spare_room() -> None:
+    gens = [gen("pv", 10e6, 11e6, 60e6)]
+    cmd = enforce(export_w=0.0, cap_w=CAP, generators=gens,
+                  batteries=[bat(p=-10e6, planned=15e6)], params=P)
+    assert cmd.battery_w["b"] == pytest.approx(15e6)  # plenty of room: plan
+    export = CAP * 0.97 - 3e6
+    cmd = enforce(export_w=export, cap_w=CAP, generators=gens,
+                  batteries=[bat(p=-10e6, planned=15e6)], params=P)
+    assert cmd.battery_w["b"] == pytest.approx(-10e6 + 2e6)  # 3 MW room − 1 MW PV headroom
+
+
+def test_soc_taper_near_the_bounds() -> None:
+    nearly_full = bat(soc=0.949)
+    cmd = enforce(export_w=50e6, cap_w=CAP, generators=[gen("pv", 60e6, 60e6, 60e6)],
+                  batteries=[nearly_full], params=P)
+    room_wh = (0.95 - 0.949) * 50e6
+    assert cmd.battery_w["b"] == pytest.approx(-room_wh * 3600 / P.soc_taper_s)
+
+
+def test_pcc_lost_fails_safe() -> None:
+    gens = [gen("pv", 20e6, 40e6, 60e6, limit=60e6)]
+    cmd = enforce(export_w=None, cap_w=CAP, generators=gens,
+                  batteries=[bat(p=-5e6, planned=10e6)], params=P)
+    assert cmd.mode is EnforceMode.PCC_LOST
+    assert cmd.limits_w["pv"] == 20e6  # held at its output
+    assert cmd.battery_w["b"] <= -5e6  # no extra discharge
+
+
+gens_st = st.lists(st.tuples(st.floats(0, 60e6), st.floats(0, 1.5), st.floats(0, 1.2)),
+                   min_size=0, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(gens=gens_st, export=st.floats(-60e6, 120e6), soc=st.floats(0.0, 1.0),
+       p_b=st.floats(-20e6, 20e6), planned=st.floats(-20e6, 20e6))
+def test_the_promise_holds_for_any_state(gens: list[tuple[float, float, float]], export: float,
+                                         soc: float, p_b: float, planned: float) -> None:
+    g = [gen(f"g{i}", out=rated * f_out, pot=rated * f_out * f_pot + 1.0, rated=rated)
+         for i, (rated, f_pot, f_out) in enumerate(gens) if rated > 0]
+    g = [x if x.output_w <= x.rated_power_w else gen(x.id, x.rated_power_w, x.potential_w,
+                                                     x.rated_power_w) for x in g]
+    b = bat(p=p_b, soc=soc, planned=planned)
+    cmd = enforce(export_w=export, cap_w=CAP, generators=g, batteries=[b], params=P)
+    target = CAP * (1 - P.margin_ratio)
+    for x in g:
+        assert 0 <= cmd.limits_w[x.id] <= x.rated_power_w
+    room_wh_up = max(0.0, (b.soc_max - soc) * b.capacity_wh)
+    room_wh_dn = max(0.0, (soc - b.soc_min) * b.capacity_wh)
+    assert cmd.battery_w["b"] >= -min(b.max_charge_w, room_wh_up * 3600 / P.soc_taper_s) - 1e-6
+    assert cmd.battery_w["b"] <= min(b.max_discharge_w, room_wh_dn * 3600 / P.soc_taper_s) + 1e-6
+    assert math.isfinite(cmd.worst_export_w)
+    charge_ok = min(b.max_charge_w, room_wh_up * 3600 / P.soc_taper_s)
+    discharge_ok = min(b.max_discharge_w, room_wh_dn * 3600 / P.soc_taper_s)
+    forced_rise = max(0.0, -charge_ok - p_b)  # charging beyond what its SOC allows must stop
+    sheddable = sum(x.output_w for x in g) + max(0.0, p_b + charge_ok)  # incl. a forced fall
+    assert discharge_ok >= 0
+    if export - target + forced_rise <= sheddable:
+        assert cmd.worst_export_w <= target + 1e-3 * CAP

@@ -1,0 +1,78 @@
+"""Storage round trips on both backends: SQLite (WAL) and PostgreSQL, for real."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from drivers import Quality, Sample
+from forecasting import Forecast
+from vpp.dispatch import Schedule, SolveStatus
+from vpp.storage import Storage
+
+T0 = datetime(2026, 4, 15, 4, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'vpp.sqlite'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    st = Storage(url)
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def test_backend_and_wal(storage: Storage) -> None:
+    if storage.backend == "sqlite":
+        with storage.engine.connect() as c:
+            assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    else:
+        assert storage.backend == "postgresql"
+
+
+def test_telemetry_and_interval_means(storage: Storage) -> None:
+    samples = [Sample("pv1", "active_power_w", 1.5e6, "W", T0, Quality.GOOD),
+               Sample("pcc", "export_w", None, "W", T0, Quality.MISSING)]
+    assert storage.write_telemetry(samples) == 2
+    assert storage.count("telemetry") == 2
+    rows = [("pv1", T0 + timedelta(minutes=15 * i), 1e6 * i) for i in range(8)]
+    storage.write_interval_means(rows)
+    storage.write_interval_means([("pv1", T0, 42.0)])  # rewriting an interval replaces it
+    s = storage.read_interval_means("pv1", T0 + timedelta(minutes=15))
+    assert len(s) == 7 and s.iloc[0] == 1e6
+    assert s.index.tz is not None
+    assert storage.read_interval_means("pv1", T0).iloc[0] == 42.0
+
+
+def test_forecast_vintages_read_as_issued(storage: Storage) -> None:
+    idx = pd.date_range(T0, periods=4, freq="15min")
+    for k, issued in enumerate([T0, T0 + timedelta(minutes=15)]):
+        storage.write_forecast(Forecast("pv1", "pv", issued, "m", idx, {
+            0.1: np.full(4, 1.0 + k), 0.5: np.full(4, 2.0 + k), 0.9: np.full(4, 3.0 + k)}))
+    first = storage.read_forecast("pv1", T0 + timedelta(minutes=10))
+    assert first.attrs["issued_at"] == T0
+    assert list(first[0.5]) == [2.0] * 4
+    latest = storage.read_forecast("pv1", T0 + timedelta(hours=1))
+    assert latest.attrs["issued_at"] == T0 + timedelta(minutes=15)
+    assert list(latest[0.9]) == [4.0] * 4
+    assert storage.read_forecast("pv1", T0 - timedelta(hours=1)).empty
+
+
+def test_schedules_keep_failed_solves_too(storage: Storage) -> None:
+    ok = Schedule(created_at=T0, start=T0, step_s=900, status=SolveStatus.OPTIMAL,
+                  solver="HIGHS", solve_time_s=0.02, objective=12.5,
+                  battery_w={"b": np.zeros(4)}, export_worst_w=np.ones(4))
+    failed = Schedule(created_at=T0, start=T0, step_s=900, status=SolveStatus.ERROR,
+                      solver="HIGHS", solve_time_s=0.01, message="boom")
+    storage.write_schedule(ok)
+    storage.write_schedule(failed)
+    assert storage.count("schedules") == 2

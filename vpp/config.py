@@ -159,7 +159,7 @@ class DispatchSection(_Frozen):
     battery_wear_weight_per_wh: float = Field(default=0.06, ge=0)
     soc_target: float = Field(default=0.5, ge=0, le=1)
     soc_target_weight_per_wh: float = Field(default=0.1, ge=0)
-    export_peak_weight_per_w: float = Field(default=0.05, ge=0)
+    export_peak_weight_per_w: float = Field(default=0.01, ge=0)
 
 
 class ControlSection(_Frozen):

@@ -96,3 +96,21 @@ def test_every_command_has_help() -> None:
         res = _vpp(*cmd)
         assert res.returncode == 0, (cmd, res.stderr)
         assert "Usage" in res.stdout
+
+
+def test_every_config_key_is_documented() -> None:
+    from pydantic import BaseModel
+
+    from vpp import config as c
+
+    doc = (DEMO_CONFIG.parent.parent.parent / "docs" / "config.md").read_text()
+    sections = {"site": c.SiteSection, "pcc": c.PccSection, "forecasting": c.ForecastingSection,
+                "dispatch": c.DispatchSection, "control": c.ControlSection,
+                "polling": c.PollingSection, "mqtt": c.MqttSection, "storage": c.StorageSection,
+                "api": c.ApiSection, "metrics": c.MetricsSection, "sim": c.SimSection}
+    models: list[type[BaseModel]] = [*sections.values(), c.PvAsset, c.WindAsset, c.BatteryAsset,
+                                     c.LoadAsset, c.MeterAsset]
+    missing = [f"{m.__name__}.{f}" for m in models for f in m.model_fields
+               if f"`{f}`" not in doc]
+    assert not missing, f"keys missing from docs/config.md: {missing}"
+    assert all(f"## `[{s}]`" in doc for s in sections)

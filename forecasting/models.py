@@ -107,7 +107,7 @@ class PvForecaster:
         with np.errstate(divide="ignore", invalid="ignore"):
             k = np.asarray(s.to_numpy(dtype=float)) / cs
         k[cs < 0.05 * self.rated_power_w] = np.nan
-        return np.clip(k, 0.0, 1.3)
+        return np.asarray(np.clip(k, 0.0, 1.3), dtype=float)
 
     def fit(self, history: pd.Series) -> None:
         self.params = _ar_params(self._index_k(history), self.order, "c")

@@ -39,7 +39,7 @@ def clear_sky_power_w(times: pd.DatetimeIndex, plant: PvPlantGeometry) -> np.nda
         dni=cs["dni"], ghi=cs["ghi"], dhi=cs["dhi"],
     )["poa_global"]
     p = np.nan_to_num(np.asarray(poa, dtype=float), nan=0.0) / 1000.0 * plant.dc_power_w
-    return np.clip(p * SYSTEM_EFFICIENCY, 0.0, plant.rated_power_w)
+    return np.asarray(np.clip(p * SYSTEM_EFFICIENCY, 0.0, plant.rated_power_w), dtype=float)
 
 
 def interval_clear_sky_power_w(start: pd.DatetimeIndex, step_s: int,

@@ -29,7 +29,8 @@ def pv_clear_sky_poa_w_m2(times: pd.DatetimeIndex, *, latitude: float, longitude
         solar_zenith=solpos["apparent_zenith"], solar_azimuth=solpos["azimuth"],
         dni=cs["dni"], ghi=cs["ghi"], dhi=cs["dhi"],
     )
-    return np.nan_to_num(np.asarray(poa["poa_global"], dtype=float), nan=0.0).clip(min=0.0)
+    out = np.nan_to_num(np.asarray(poa["poa_global"], dtype=float), nan=0.0).clip(min=0.0)
+    return np.asarray(out, dtype=float)
 
 
 def pv_ac_power_w(poa_w_m2: np.ndarray, temp_air_c: np.ndarray, spec: PvSpec) -> np.ndarray:

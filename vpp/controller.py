@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 import numpy as np
@@ -61,6 +62,11 @@ class Clock(Protocol):
 
     def now(self) -> datetime: ...
     async def sleep_until(self, t: datetime) -> None: ...
+
+
+def _interval_clear_sky(idx: pd.DatetimeIndex, *, step_s: int,
+                        plant: PvPlantGeometry) -> np.ndarray:
+    return interval_clear_sky_power_w(idx, step_s, plant)
 
 
 def _floor(t: datetime, step_s: float) -> datetime:
@@ -107,6 +113,7 @@ class Controller:
                                         now=clock.now)
         self.pv: list[PvAsset] = config.of_kind("pv")
         self.wind: list[WindAsset] = config.of_kind("wind")
+        self.generators: list[PvAsset | WindAsset] = [*self.pv, *self.wind]
         self.batteries: list[BatteryAsset] = config.of_kind("battery")
         self.loads: list[LoadAsset] = config.of_kind("load")
         fc = config.forecasting
@@ -117,10 +124,9 @@ class Controller:
             dc_power_w=p.dc_power_w, rated_power_w=p.rated_power_w) for p in self.pv}
         self.forecasters: dict[str, Any] = {}
         for p in self.pv:
-            geo = self._geo[p.id]
             self.forecasters[p.id] = PvForecaster(
                 p.id, p.rated_power_w, step_s=fc.step_s,
-                clear_sky_w=lambda idx, g=geo: interval_clear_sky_power_w(idx, fc.step_s, g))
+                clear_sky_w=partial(_interval_clear_sky, step_s=fc.step_s, plant=self._geo[p.id]))
         for w in self.wind:
             self.forecasters[w.id] = WindForecaster(w.id, w.rated_power_w, step_s=fc.step_s)
         if self.loads:
@@ -130,7 +136,7 @@ class Controller:
         self.dispatcher = Dispatcher(
             Fleet(generators=tuple(GeneratorModel(id=g.id, kind=g.kind,
                                                   rated_power_w=g.rated_power_w)
-                                   for g in [*self.pv, *self.wind]),
+                                   for g in self.generators),
                   batteries=tuple(BatteryModel(
                       id=b.id, capacity_wh=b.capacity_wh, max_charge_w=b.max_charge_w,
                       max_discharge_w=b.max_discharge_w, soc_min=b.soc_min, soc_max=b.soc_max,
@@ -248,7 +254,7 @@ class Controller:
             (now - s.ts).total_seconds() <= self.config.control.pcc_stale_s)
         export = s.value if fresh and s is not None else None
         gens = []
-        for g in [*self.pv, *self.wind]:
+        for g in self.generators:
             dev = self.devices[g.id]
             out = dev.value("active_power_w")
             limit = dev.value("active_power_limit_w")
@@ -283,7 +289,8 @@ class Controller:
     async def _apply(self, cmd: Command, gens: list[GeneratorNow], bats: list[BatteryNow]) -> None:
         """Write what changed: first what lowers export, then what raises it."""
         db = self.config.control.setpoint_deadband_ratio
-        lower, raise_ = [], []
+        lower: list[tuple[str, str, float]] = []
+        raise_: list[tuple[str, str, float]] = []
         for g in gens:
             new, old = cmd.limits_w[g.id], self.state.written_w.get(g.id)
             if old is not None and abs(new - old) <= db * g.rated_power_w and not (
@@ -321,7 +328,7 @@ class Controller:
                 if c is not None:
                     closed.append((series, c[0], c[1]))
 
-        for g in [*self.pv, *self.wind]:
+        for g in self.generators:
             dev = self.devices[g.id]
             avail = dev.value("available_power_w")
             add(g.id, avail if avail is not None else dev.value("active_power_w"))
@@ -456,7 +463,7 @@ class Controller:
                 arr = np.concatenate([arr, np.full(T - len(arr), arr[-1] if len(arr) else 0.0)])
             return np.asarray(arr[:T], dtype=float)
 
-        gens = [g.id for g in [*self.pv, *self.wind]]
+        gens = [g.id for g in self.generators]
         soc = {}
         for b in self.batteries:
             v = self.devices[b.id].value("soc")

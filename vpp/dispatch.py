@@ -271,7 +271,7 @@ class Dispatcher:
                 raise ValueError(f"{name}: expected {T} steps, got shape {a.shape}")
             if not np.all(np.isfinite(a)):
                 raise ValueError(f"{name}: contains NaN or infinite values")
-            return np.clip(a, 0.0, None)
+            return np.asarray(np.clip(a, 0.0, None), dtype=float)
 
         for g in self.fleet.generators:
             lo = arr(inputs.gen_low_w[g.id], f"gen_low_w[{g.id}]")

@@ -118,9 +118,9 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
 
     if export_w is None:
         # fail safe: hold generation at or below its output, never discharge more
-        limits = {g.id: min(g.limit_w, g.output_w) for g in generators}
+        held = {g.id: min(g.limit_w, g.output_w) for g in generators}
         bats = {b.id: max(min(b.planned_w, b.power_w), lo[b.id]) for b in batteries}
-        return Command(limits_w=limits, battery_w=bats, mode=EnforceMode.PCC_LOST,
+        return Command(limits_w=held, battery_w=bats, mode=EnforceMode.PCC_LOST,
                        target_w=target, room_w=float("nan"), worst_export_w=float("nan"),
                        notes=["PCC measurement lost: holding generation, no extra discharge"])
 

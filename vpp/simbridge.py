@@ -12,15 +12,14 @@ from sim.spec import (
     WeatherSpec,
     WindSpec,
 )
-from vpp.config import BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
+from vpp.config import Asset, BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
 
 
 def plant_spec(config: SiteConfig) -> PlantSpec:
     """The plant a site configuration describes, with the weather of its ``[sim]`` section."""
 
-    def ep(a: PvAsset | WindAsset | BatteryAsset | LoadAsset | object) -> Endpoint:
-        return Endpoint(host=a.host, port=a.port, unit_id=a.unit_id,  # type: ignore[attr-defined]
-                        profile=a.profile)  # type: ignore[attr-defined]
+    def ep(a: Asset) -> Endpoint:
+        return Endpoint(host=a.host, port=a.port, unit_id=a.unit_id, profile=a.profile)
 
     s = config.sim
     meter = config.asset(config.pcc.meter)

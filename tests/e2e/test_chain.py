@@ -116,16 +116,19 @@ async def test_the_chain_publishes_through_mosquitto(demo_config: SiteConfig,
         pytest.fail("mosquitto_sub (package mosquitto-clients) is needed; .ci/run installs it")
     host, port = mosquitto
     cfg = midday(demo_config, embedded=False, host=host, port=port)
-    sub = await asyncio.create_subprocess_exec(
-        "mosquitto_sub", "-h", host, "-p", str(port), "-t", f"vpp/{cfg.site.id}/schedule",
-        "-t", f"vpp/{cfg.site.id}/pcc", "-v", "-C", "2", "-W", "30",
-        stdout=asyncio.subprocess.PIPE)
+    topics = [f"vpp/{cfg.site.id}/{t}" for t in ("schedule", "pcc", "telemetry/bess1")]
+    subs = [await asyncio.create_subprocess_exec(
+        "mosquitto_sub", "-h", host, "-p", str(port), "-t", t, "-v", "-C", "1", "-W", "30",
+        stdout=asyncio.subprocess.PIPE) for t in topics]
+    await asyncio.sleep(0.3)
     demo = Demo(cfg, DemoOptions(hours=0.5, speed=600.0, ephemeral_ports=True))
     async with demo:
         await demo.wait()
-        out, _ = await asyncio.wait_for(sub.communicate(), 30)
-    topics = {ln.split(" ", 1)[0] for ln in out.decode().splitlines()}
-    assert topics == {f"vpp/{cfg.site.id}/schedule", f"vpp/{cfg.site.id}/pcc"}
+        outs = [await asyncio.wait_for(s.communicate(), 30) for s in subs]
+    for topic, (out, _) in zip(topics, outs, strict=True):
+        line = out.decode().strip()
+        assert line.startswith(topic + " "), (topic, line[:200])
+        assert json.loads(line.split(" ", 1)[1])["schema"] == 1
     assert demo.report()["cap_violation_s"] == 0
 
 

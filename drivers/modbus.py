@@ -20,7 +20,9 @@ from drivers.telemetry import Quality, Sample
 
 log = logging.getLogger(__name__)
 
-MAX_GAP_REGISTERS = 8  # read across a hole of at most this many registers in one request
+# Read across holes between points only when told to: many devices answer a read that
+# touches an unmapped register with exception 2, so by default only adjacent points merge.
+MAX_GAP_REGISTERS = 0
 
 
 class DeviceError(Exception):
@@ -78,7 +80,7 @@ class ModbusConnection:
     """
 
     def __init__(self, *, host: str, port: int, timeout_s: float = 1.0,
-                 backoff_max_s: float = 30.0) -> None:
+                 backoff_max_s: float = 5.0) -> None:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
@@ -145,6 +147,11 @@ class ModbusConnection:
             if rr.isError():
                 self.requests_failed += 1
                 raise DeviceError(f"{self.label} unit {unit_id}: read {address}: {rr}")
+            if len(rr.registers) != count:
+                self._drop()
+                self._note_failure()
+                raise DeviceError(f"{self.label} unit {unit_id}: read {address}: asked for "
+                                  f"{count} registers, got {len(rr.registers)}")
             self._failures = 0
             self.requests_ok += 1
             return list(rr.registers)

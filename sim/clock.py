@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 
 class SimClock:
@@ -62,14 +62,3 @@ class WallClock:
 
     async def sleep_until(self, t: datetime) -> None:
         await self.sleep((t - self.now()).total_seconds())
-
-
-def floor_time(t: datetime, step_s: int) -> datetime:
-    """Round down to a multiple of ``step_s`` seconds since the epoch."""
-    s = int(t.timestamp()) // step_s * step_s
-    return datetime.fromtimestamp(s, UTC)
-
-
-def ceil_time(t: datetime, step_s: int) -> datetime:
-    f = floor_time(t, step_s)
-    return f if f == t else f + timedelta(seconds=step_s)

@@ -64,9 +64,11 @@ class SimUnit:
         return regs
 
     def read(self, table: Table, address: int, count: int) -> list[int]:
-        end = address + count
-        if not any(p.table == table and p.address < end and address < p.address + p.registers
-                   for p in self.profile.points):
+        """Registers [address, address + count); like a strict device, a read that touches
+        a register no point maps is refused with exception 2."""
+        mapped = {p.address + i for p in self.profile.points if p.table == table
+                  for i in range(p.registers)}
+        if any(a not in mapped for a in range(address, address + count)):
             raise ModbusReplyError(ILLEGAL_ADDRESS)
         try:
             regs = self._image(table)
@@ -122,10 +124,15 @@ class ModbusTcpDeviceServer:
         try:
             if unit is None:
                 raise ModbusReplyError(GATEWAY_TARGET_FAILED)
+            if (fc in (3, 4, 6) and len(pdu) != 5) or (fc == 16 and (
+                    len(pdu) < 6 or len(pdu) != 6 + pdu[5])):
+                raise ModbusReplyError(ILLEGAL_VALUE)
             if fc in (3, 4):
                 address, count = struct.unpack(">HH", pdu[1:5])
                 if not 1 <= count <= 125:
                     raise ModbusReplyError(ILLEGAL_VALUE)
+                if address + count > 0x10000:
+                    raise ModbusReplyError(ILLEGAL_ADDRESS)
                 table = Table.HOLDING if fc == 3 else Table.INPUT
                 words = unit.read(table, address, count)
                 return struct.pack(f">BB{count}H", fc, 2 * count, *words)
@@ -155,6 +162,8 @@ class ModbusTcpDeviceServer:
                 if pid != 0 or not 2 <= length <= 254:
                     break
                 pdu = await reader.readexactly(length - 1)
+                if not pdu:
+                    break
                 self.requests += 1
                 reply = self._pdu(unit_id, pdu)
                 writer.write(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit_id) + reply)

@@ -64,6 +64,10 @@ class SimulatedPlant:
 
         return SimUnit(load_profile(profile_name), values, on_write)
 
+    def server_of(self, asset_id: str) -> ModbusTcpDeviceServer:
+        """The server a device answers on (stop it to take the device off the network)."""
+        return self._servers_by_key[self._server_of[asset_id]]
+
     def endpoint_of(self, asset_id: str) -> tuple[str, int]:
         """Host and bound port of a device (ports given as 0 are chosen by the OS)."""
         srv = self._servers_by_key[self._server_of[asset_id]]

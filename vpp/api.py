@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections.abc import Generator
 from typing import Any
 
-import numpy as np
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -16,21 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vpp import __version__
 from vpp.controller import Controller, schedule_payload
-
-
-def jsonable(o: Any) -> Any:
-    """Numpy arrays to lists, NaN to null, datetimes to ISO strings, recursively."""
-    if isinstance(o, dict):
-        return {str(k): jsonable(v) for k, v in o.items()}
-    if isinstance(o, list | tuple):
-        return [jsonable(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return [None if not math.isfinite(x) else float(x) for x in o.tolist()]
-    if isinstance(o, float | np.floating):
-        return float(o) if math.isfinite(o) else None
-    if hasattr(o, "isoformat"):
-        return o.isoformat()
-    return o
+from vpp.jsonutil import jsonable
 
 
 def create_app(ctrl: Controller) -> FastAPI:
@@ -43,7 +27,7 @@ def create_app(ctrl: Controller) -> FastAPI:
         metrics = ctrl.metrics
 
         @app.get("/metrics", include_in_schema=False)
-        def prometheus() -> Response:
+        async def prometheus() -> Response:
             return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
         @app.middleware("http")
@@ -54,7 +38,7 @@ def create_app(ctrl: Controller) -> FastAPI:
             return response
 
     @app.get("/api/v1/health", summary="Is the controller running, and how well")
-    def health() -> JSONResponse:
+    async def health() -> JSONResponse:
         st = ctrl.state
         devices = {a: d.health.value for a, d in ctrl.devices.items()}
         solve = st.last_solve
@@ -82,7 +66,7 @@ def create_app(ctrl: Controller) -> FastAPI:
         }))
 
     @app.get("/api/v1/assets", summary="Every asset with its ratings and live values")
-    def assets() -> JSONResponse:
+    async def assets() -> JSONResponse:
         out = []
         for a in cfg.assets:
             dev = ctrl.devices[a.id]
@@ -98,7 +82,7 @@ def create_app(ctrl: Controller) -> FastAPI:
         return JSONResponse(jsonable(out))
 
     @app.get("/api/v1/forecasts", summary="The latest forecast of each series, or of one")
-    def forecasts(series: str | None = Query(default=None,
+    async def forecasts(series: str | None = Query(default=None,
                                              description="pv/wind asset id or 'load'")) -> Any:
         fcs = ctrl.state.forecasts
         if series is not None and series not in ctrl.forecasters:
@@ -112,7 +96,7 @@ def create_app(ctrl: Controller) -> FastAPI:
         } for k, f in chosen.items()}))
 
     @app.get("/api/v1/schedule", summary="The plan in force, with its solve status")
-    def schedule() -> Any:
+    async def schedule() -> Any:
         sch = ctrl.state.schedule
         if sch is None:
             last = ctrl.state.last_solve

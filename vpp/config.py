@@ -8,6 +8,7 @@ The keys are documented in ``docs/config.md``.
 from __future__ import annotations
 
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -22,9 +23,19 @@ from pydantic import (
     model_validator,
 )
 
-from drivers.profile import ProfileError, load_profile
+from drivers.profile import Capability, ProfileError, load_profile
 
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+# what the controller needs of each kind of asset, as capabilities of its profile
+REQUIRED_CAPABILITIES: dict[str, frozenset[Capability]] = {
+    "pv": frozenset({Capability.READS_ACTIVE_POWER, Capability.SETS_ACTIVE_POWER_LIMIT}),
+    "wind": frozenset({Capability.READS_ACTIVE_POWER, Capability.SETS_ACTIVE_POWER_LIMIT}),
+    "battery": frozenset({Capability.READS_ACTIVE_POWER, Capability.HAS_SOC,
+                          Capability.ACCEPTS_POWER_SETPOINT}),
+    "load": frozenset({Capability.READS_ACTIVE_POWER}),
+    "meter": frozenset({Capability.READS_EXPORT}),
+}
 
 
 class _Frozen(BaseModel):
@@ -169,6 +180,9 @@ class ControlSection(_Frozen):
     pcc_stale_s: float = Field(default=5.0, gt=0)
     setpoint_deadband_ratio: float = Field(default=0.002, ge=0, lt=0.1)
     soc_taper_s: float = Field(default=600.0, gt=0)
+    pv_potential_margin_ratio: float = Field(
+        default=1.3, ge=1.0, le=3.0,
+        description="PV may rise to clear-sky power × this (cold cells, cloud-edge brightening)")
 
 
 class PollingSection(_Frozen):
@@ -193,6 +207,23 @@ class StorageSection(_Frozen):
     data_dir: str | None = None
     telemetry_interval_s: float = Field(default=60.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+        try:
+            url = make_url(v)
+        except ArgumentError as exc:
+            raise ValueError("not a database URL; e.g. 'postgresql+psycopg://user@host:5432/vpp' "
+                             "or 'sqlite:////var/lib/vpp/vpp.sqlite'") from exc
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"backend {url.get_backend_name()!r} is not supported; use "
+                             "sqlite or postgresql")
+        return v
+
 
 class ApiSection(_Frozen):
     host: str = "127.0.0.1"
@@ -212,6 +243,19 @@ class SimSection(_Frozen):
     mean_wind_m_s: float = Field(default=7.0, gt=0, le=30)
     initial_soc: float = Field(default=0.5, ge=0, le=1)
     history_days: int = Field(default=7, ge=0, le=60)
+
+    @field_validator("start")
+    @classmethod
+    def _start(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            t = datetime.fromisoformat(v)
+        except ValueError as exc:
+            raise ValueError("not an ISO 8601 time, e.g. '2026-04-15T00:00:00+08:00'") from exc
+        if t.tzinfo is None:
+            raise ValueError("give the UTC offset, e.g. '2026-04-15T00:00:00+08:00'")
+        return v
 
 
 class SiteConfig(_Frozen):
@@ -247,9 +291,31 @@ class SiteConfig(_Frozen):
                 raise ValueError(f"assets {seen[key]} and {a.id} share {a.host}:{a.port} "
                                  f"unit {a.unit_id}")
             seen[key] = a.id
-            if load_profile(a.profile).kind != a.kind:
+            prof = load_profile(a.profile)
+            if prof.kind != a.kind:
                 raise ValueError(f"asset {a.id} is a {a.kind} but profile {a.profile} is for "
-                                 f"a {load_profile(a.profile).kind}")
+                                 f"a {prof.kind}")
+            lacking = REQUIRED_CAPABILITIES[a.kind] - prof.capabilities
+            if lacking:
+                raise ValueError(f"profile {a.profile} of asset {a.id} lacks what a {a.kind} "
+                                 f"needs: {sorted(c.value for c in lacking)}")
+        fc, d = self.forecasting, self.dispatch
+        if d.step_s != fc.step_s:
+            raise ValueError(f"dispatch.step_s ({d.step_s}) must equal forecasting.step_s "
+                             f"({fc.step_s}): the plan steps on the forecast's grid")
+        if d.horizon_h > fc.horizon_h:
+            raise ValueError(f"dispatch.horizon_h ({d.horizon_h}) must not exceed "
+                             f"forecasting.horizon_h ({fc.horizon_h})")
+        if not d.load_quantile < 0.5 < d.generation_quantile:
+            raise ValueError(f"the cap needs a high generation and a low load quantile: "
+                             f"dispatch.load_quantile ({d.load_quantile}) < 0.5 < "
+                             f"dispatch.generation_quantile ({d.generation_quantile})")
+        needed = {d.generation_quantile, 1 - d.generation_quantile, d.load_quantile,
+                  1 - d.load_quantile}
+        missing = sorted(q for q in needed if not any(abs(q - x) < 1e-9 for x in fc.quantiles))
+        if missing:
+            raise ValueError(f"forecasting.quantiles {list(fc.quantiles)} must include "
+                             f"{[round(q, 6) for q in missing]}, which dispatch uses")
         return self
 
     def asset(self, asset_id: str) -> Asset:

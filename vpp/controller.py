@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from drivers import Device, DeviceError, ModbusConnection, PollClass, Sample, load_profile
+from drivers import Device, DeviceError, ModbusConnection, PollClass, load_profile
 from forecasting import (
     Forecast,
     LoadForecaster,
@@ -53,8 +53,6 @@ from vpp.mqtt import MqttBridge
 from vpp.storage import Storage
 
 log = logging.getLogger(__name__)
-
-PV_POTENTIAL_MARGIN = 1.1  # clear-sky envelope × this bounds what PV can give
 
 
 class Clock(Protocol):
@@ -156,6 +154,8 @@ class Controller:
         self._next_fit: datetime | None = None
         self._next_telemetry: datetime | None = None
         self._next_publish_wall = 0.0
+        self._last_output: dict[str, float] = {}
+        self._mqtt_dropped_seen = 0
 
     # -- history ----------------------------------------------------------------------------
 
@@ -196,6 +196,7 @@ class Controller:
             await self.close()
 
     async def _every(self, interval_s: float, step: Any) -> None:
+        """Run ``step`` every ``interval_s``; an error is logged and counted, never fatal."""
         nxt = self.clock.now()
         while True:
             await self.clock.sleep_until(nxt)
@@ -204,6 +205,10 @@ class Controller:
                 await step()
             except DeviceError as exc:
                 log.warning("%s: %s", step.__name__, exc)
+            except Exception:
+                log.exception("%s failed; the loop goes on", step.__name__)
+                if self.metrics is not None:
+                    self.metrics.loop_errors.labels(self.config.site.id, step.__name__).inc()
             if step == self.control_step and self.metrics is not None:
                 self.metrics.control_lag.set(max(0.0, (started - nxt).total_seconds())
                                              / self.clock.speed)
@@ -218,8 +223,23 @@ class Controller:
         for c in self.connections.values():
             c.close()
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self._compute.shutdown, True)
-        await loop.run_in_executor(None, self._io.shutdown, True)  # pending writes finish
+        # a running fit or solve is not waited for; queued storage writes still finish
+        await loop.run_in_executor(None, partial(self._compute.shutdown, wait=False,
+                                                 cancel_futures=True))
+        await loop.run_in_executor(None, self._io.shutdown, True)
+
+    def _store(self, fn: Any, *args: Any) -> None:
+        """Queue a storage write; a failure is logged and counted, not lost silently."""
+        if self.storage is None:
+            return
+        fut = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if not f.cancelled() and f.exception() is not None:
+                log.error("storage %s failed: %s", fn.__name__, f.exception())
+                if self.metrics is not None:
+                    self.metrics.storage_errors.inc()
+        fut.add_done_callback(done)
 
     # -- control ----------------------------------------------------------------------------
 
@@ -233,7 +253,8 @@ class Controller:
         window = env[(env.index >= t) & (env.index <= t + pd.Timedelta(minutes=2))]
         if window.empty:
             return asset.rated_power_w
-        return float(min(asset.rated_power_w, window.max() * PV_POTENTIAL_MARGIN))
+        margin = self.config.control.pv_potential_margin_ratio
+        return float(min(asset.rated_power_w, window.max() * margin))
 
     def _planned(self, battery_id: str, now: datetime) -> float:
         sch = self.state.schedule
@@ -253,27 +274,30 @@ class Controller:
         fresh = s is not None and s.usable and (
             (now - s.ts).total_seconds() <= self.config.control.pcc_stale_s)
         export = s.value if fresh and s is not None else None
+        written = self.state.written_w
         gens = []
         for g in self.generators:
             dev = self.devices[g.id]
-            out = dev.value("active_power_w")
-            limit = dev.value("active_power_limit_w")
+            out, limit = dev.value("active_power_w"), dev.value("active_power_limit_w")
+            usable = out is not None and limit is not None
+            if out is not None:
+                self._last_output[g.id] = out
             gens.append(GeneratorNow(
-                id=g.id, output_w=out if out is not None else 0.0,
+                id=g.id, output_w=out if out is not None else self._last_output.get(g.id, 0.0),
                 potential_w=self._potential(g, now), rated_power_w=g.rated_power_w,
-                limit_w=limit if limit is not None else g.rated_power_w))
+                limit_w=limit if limit is not None else written.get(g.id, g.rated_power_w),
+                controllable=usable))
         bats = []
         for b in self.batteries:
             dev = self.devices[b.id]
             p, soc = dev.value("active_power_w"), dev.value("soc")
             usable = p is not None and soc is not None
             bats.append(BatteryNow(
-                id=b.id, power_w=p if p is not None else 0.0,
+                id=b.id, power_w=p if p is not None else written.get(b.id, 0.0),
                 soc=soc if soc is not None else b.soc_min, capacity_wh=b.capacity_wh,
-                max_charge_w=b.max_charge_w if usable else 0.0,
-                max_discharge_w=b.max_discharge_w if usable else 0.0,
-                soc_min=b.soc_min, soc_max=b.soc_max,
-                planned_w=self._planned(b.id, now) if usable else 0.0))
+                max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w,
+                soc_min=b.soc_min, soc_max=b.soc_max, planned_w=self._planned(b.id, now),
+                controllable=usable))
         cmd = enforce(export_w=export, cap_w=self.config.pcc.export_cap_w, generators=gens,
                       batteries=bats, params=self.enforce_params)
         await self._apply(cmd, gens, bats)
@@ -286,27 +310,37 @@ class Controller:
                 self.metrics.fallbacks.inc()
         self._record(now, export)
 
+    def _unchanged(self, asset_id: str, new: float, point: str, scale: float) -> bool:
+        """A setpoint within the deadband of both what was written and what the device says."""
+        band = self.config.control.setpoint_deadband_ratio * scale
+        written = self.state.written_w.get(asset_id)
+        readback = self.devices[asset_id].value(point)
+        return (written is not None and abs(new - written) <= band
+                and readback is not None and abs(new - readback) <= band)
+
     async def _apply(self, cmd: Command, gens: list[GeneratorNow], bats: list[BatteryNow]) -> None:
-        """Write what changed: first what lowers export, then what raises it."""
-        db = self.config.control.setpoint_deadband_ratio
+        """Write what changed: first what lowers export; what raises it only if that worked."""
         lower: list[tuple[str, str, float]] = []
         raise_: list[tuple[str, str, float]] = []
         for g in gens:
-            new, old = cmd.limits_w[g.id], self.state.written_w.get(g.id)
-            if old is not None and abs(new - old) <= db * g.rated_power_w and not (
-                    new >= g.rated_power_w and old < g.rated_power_w):
+            new = cmd.limits_w[g.id]
+            if not g.controllable or self._unchanged(g.id, new, "active_power_limit_w",
+                                                     g.rated_power_w):
                 continue
             (lower if new < g.limit_w else raise_).append((g.id, "active_power_limit_w", new))
         for b in bats:
-            new, old = cmd.battery_w[b.id], self.state.written_w.get(b.id)
+            new = cmd.battery_w[b.id]
             scale = max(b.max_charge_w, b.max_discharge_w, 1.0)
-            if old is not None and abs(new - old) <= db * scale:
+            if not b.controllable or self._unchanged(b.id, new, "power_setpoint_w", scale):
                 continue
             (lower if new < b.power_w else raise_).append((b.id, "power_setpoint_w", new))
-        for batch in (lower, raise_):
-            await asyncio.gather(*(self._write(a, p, v) for a, p, v in batch))
+        ok = await asyncio.gather(*(self._write(a, p, v) for a, p, v in lower))
+        if not all(ok):
+            log.warning("a write that lowers export failed: export-raising writes wait a step")
+            return
+        await asyncio.gather(*(self._write(a, p, v) for a, p, v in raise_))
 
-    async def _write(self, asset_id: str, point: str, value: float) -> None:
+    async def _write(self, asset_id: str, point: str, value: float) -> bool:
         m = self.metrics
         try:
             res = await self.devices[asset_id].write(point, value)
@@ -314,10 +348,11 @@ class Controller:
             log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
             if m is not None:
                 m.writes[(asset_id, "failed")].inc()
-            return
+            return False
         self.state.written_w[asset_id] = res.written
         if m is not None:
             m.writes[(asset_id, "clamped" if res.clamped else "ok")].inc()
+        return True
 
     def _record(self, now: datetime, export: float | None) -> None:
         closed: list[tuple[str, datetime, float]] = []
@@ -329,24 +364,21 @@ class Controller:
                     closed.append((series, c[0], c[1]))
 
         for g in self.generators:
-            dev = self.devices[g.id]
-            avail = dev.value("available_power_w")
-            add(g.id, avail if avail is not None else dev.value("active_power_w"))
+            # forecasts learn what the plant could give, never a curtailed output
+            add(g.id, self.devices[g.id].value("available_power_w"))
         if self.loads:
             vals = [self.devices[ld.id].value("active_power_w") for ld in self.loads]
             if all(v is not None for v in vals):
                 add("load", -sum(v for v in vals if v is not None))
         add("export", export)
         if self.storage is not None and closed:
-            asyncio.get_running_loop().run_in_executor(
-                self._io, self.storage.write_interval_means, closed)
+            self._store(self.storage.write_interval_means, closed)
         self._update_metrics(export)
         if self._next_telemetry is None or now >= self._next_telemetry:
             self._next_telemetry = now + timedelta(seconds=self.config.storage.telemetry_interval_s)
             if self.storage is not None:
                 samples = [s for d in self.devices.values() for s in d.latest.values()]
-                asyncio.get_running_loop().run_in_executor(
-                    self._io, self.storage.write_telemetry, samples)
+                self._store(self.storage.write_telemetry, samples)
         self._publish_telemetry(now)
 
     def _update_metrics(self, export: float | None) -> None:
@@ -377,6 +409,8 @@ class Controller:
         m.control_steps.inc()
         if self.mqtt is not None:
             m.mqtt_buffer.set(self.mqtt.buffered)
+            m.mqtt_dropped.inc(self.mqtt.dropped - self._mqtt_dropped_seen)
+            self._mqtt_dropped_seen = self.mqtt.dropped
 
     def _publish_telemetry(self, now: datetime) -> None:
         if self.mqtt is None:
@@ -409,13 +443,14 @@ class Controller:
                 timedelta(seconds=self.config.forecasting.issue_interval_s)
         await self.solve(now)
 
-    def _forecast_all(self, now: datetime, fit: bool) -> tuple[dict[str, Forecast],
-                                                              dict[str, pd.Series]]:
+    def _forecast_all(self, now: datetime, fit: bool, history: dict[str, pd.Series]
+                      ) -> tuple[dict[str, Forecast], dict[str, pd.Series]]:
+        """Runs in the compute executor, on copies of the history made on the loop."""
         fc = self.config.forecasting
         steps = round(fc.horizon_h * 3600 / fc.step_s)
         out = {}
         for name, f in self.forecasters.items():
-            hist = self.history.series(name)
+            hist = history[name]
             if fit or f.params is None:
                 f.fit(hist)
             out[name] = f.forecast(hist, now, steps, fc.quantiles)
@@ -431,14 +466,16 @@ class Controller:
         if fit:
             self._next_fit = now + timedelta(seconds=self.config.forecasting.refit_interval_s)
         loop = asyncio.get_running_loop()
-        fcs, env = await loop.run_in_executor(self._compute, self._forecast_all, now, fit)
+        history = {name: self.history.series(name) for name in self.forecasters}
+        fcs, env = await loop.run_in_executor(self._compute, self._forecast_all, now, fit,
+                                              history)
         self.state.forecasts = fcs
         self._envelope = env
         for name, f in fcs.items():
             if self.metrics is not None and name in self.metrics.issues:
                 self.metrics.issues[name].inc()
             if self.storage is not None:
-                loop.run_in_executor(self._io, self.storage.write_forecast, f)
+                self._store(self.storage.write_forecast, f)
             if self.mqtt is not None:
                 self.mqtt.publish(f"forecast/{name}", {
                     "issued_at": f.issued_at, "series": name, "model": f.model,
@@ -496,7 +533,7 @@ class Controller:
             m.solves[sch.status.value].inc()
             m.solve_duration.set(sch.solve_time_s)
         if self.storage is not None:
-            loop.run_in_executor(self._io, self.storage.write_schedule, sch)
+            self._store(self.storage.write_schedule, sch)
         if self.mqtt is not None and sch.status.usable:
             self.mqtt.publish("schedule", schedule_payload(sch), qos=1, retain=True)
         return sch
@@ -514,8 +551,5 @@ def schedule_payload(sch: Schedule) -> dict[str, Any]:
         "export_cap_w": sch.export_cap_w, "message": sch.message,
     }
 
-
-def sample_payload(s: Sample) -> dict[str, Any]:
-    return {"value": s.value, "unit": s.unit, "quality": s.quality.value, "ts": s.ts}
 
 

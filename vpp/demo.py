@@ -107,7 +107,12 @@ class Demo:
                                  control_interval_s=self.control_interval_s,
                                  ephemeral_ports=self.options.ephemeral_ports,
                                  data_dir=self.options.data_dir, history=self.history_frame())
-        await self.services.__aenter__()
+        try:
+            await self.services.__aenter__()
+        except BaseException:
+            self.services = None
+            await self.sim.__aexit__(None, None, None)
+            raise
         self.wall_start = time.monotonic()
         return self
 

@@ -23,6 +23,9 @@ never stops abruptly at a bound (which would throw its power onto the PCC at onc
 
 If the PCC measurement is lost, the loop fails safe: no limit is raised, no battery
 discharge increases, and generation is held at or below what it was.
+
+An asset whose own reading cannot be trusted is *held*: nothing is written to it, and a
+held generator's possible rise up to its limit is reserved out of the room the others get.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ class GeneratorNow:
     output_w: float  # measured [W]
     potential_w: float  # the most it could physically give now [W]
     rated_power_w: float
-    limit_w: float  # limit in force (last written) [W]
+    limit_w: float  # limit in force (read back from the device) [W]
+    controllable: bool = True  # False: its reading is not trustworthy; hold it, reserve its rise
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +63,7 @@ class BatteryNow:
     soc_min: float
     soc_max: float
     planned_w: float  # the schedule's setpoint for this step [W]
+    controllable: bool = True  # False: its reading is not trustworthy; hold it, do not count on it
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,20 +116,31 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
             batteries: list[BatteryNow], params: EnforceParams) -> Command:
     """One control step: generator limits and battery setpoints from the measured PCC export."""
     target = cap_w * (1.0 - params.margin_ratio)
+    held_gens = [g for g in generators if not g.controllable]
+    held_bats = [b for b in batteries if not b.controllable]
+    generators = [g for g in generators if g.controllable]
+    batteries = [b for b in batteries if b.controllable]
     lo = {b.id: -_charge_allowed(b, params) for b in batteries}
     hi = {b.id: _discharge_allowed(b, params) for b in batteries}
     head = {g.id: max(0.0, min(g.potential_w, g.rated_power_w) - g.output_w) for g in generators}
-    notes: list[str] = []
+    # a held generator may still rise to its limit, and a held battery that charges may stop
+    # at any moment (full, tripped): that room is not the others' to take
+    reserved = sum(max(0.0, min(g.limit_w, g.potential_w, g.rated_power_w) - g.output_w)
+                   for g in held_gens) + sum(max(0.0, -b.power_w) for b in held_bats)
+    held = {g.id: g.limit_w for g in held_gens}
+    held_b = {b.id: b.power_w for b in held_bats}
+    notes: list[str] = [f"{a} held: its reading is not usable" for a in [*held, *held_b]]
 
     if export_w is None:
         # fail safe: hold generation at or below its output, never discharge more
-        held = {g.id: min(g.limit_w, g.output_w) for g in generators}
+        hold = {g.id: min(g.limit_w, g.output_w) for g in generators}
         bats = {b.id: max(min(b.planned_w, b.power_w), lo[b.id]) for b in batteries}
-        return Command(limits_w=held, battery_w=bats, mode=EnforceMode.PCC_LOST,
+        return Command(limits_w={**hold, **held}, battery_w={**bats, **held_b},
+                       mode=EnforceMode.PCC_LOST,
                        target_w=target, room_w=float("nan"), worst_export_w=float("nan"),
                        notes=["PCC measurement lost: holding generation, no extra discharge"])
 
-    room = target - export_w
+    room = target - export_w - reserved
     b_now = {b.id: b.power_w for b in batteries}
     spare_charge = {b.id: max(0.0, b_now[b.id] - lo[b.id]) for b in batteries}
     binding = [g for g in generators
@@ -179,7 +195,7 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
         if sum(g.output_w for g in generators) < -room_g:
             notes.append("generation cannot shed the whole excess")
         mode = EnforceMode.CURTAILING
-    worst = export_w + sum(bats[k] - b_now[k] for k in bats) + sum(
+    worst = export_w + reserved + sum(bats[k] - b_now[k] for k in bats) + sum(
         _worst_change(g, limits[g.id]) for g in generators)
-    return Command(limits_w=limits, battery_w=bats, mode=mode, target_w=target, room_w=room,
-                   worst_export_w=worst, notes=notes)
+    return Command(limits_w={**limits, **held}, battery_w={**bats, **held_b}, mode=mode,
+                   target_w=target, room_w=room, worst_export_w=worst, notes=notes)

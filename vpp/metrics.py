@@ -58,6 +58,11 @@ class Metrics:
         self.mqtt_dropped = Counter("vpp_mqtt_dropped_messages_total",
                                     "Messages dropped from a full buffer", ["site"],
                                     registry=r).labels(**g)
+        self.loop_errors = Counter("vpp_loop_errors_total",
+                                   "Unexpected errors in a controller loop (the loop goes on)",
+                                   ["site", "loop"], registry=r)
+        self.storage_errors = Counter("vpp_storage_errors_total", "Storage writes that failed",
+                                      ["site"], registry=r).labels(**g)
         self.api_requests = Counter("vpp_api_requests_total", "HTTP API requests",
                                     ["site", "code"], registry=r)
         # cache the labelled children: a lookup costs several times a set()

@@ -20,10 +20,11 @@ import random
 import ssl
 from collections import deque
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import aiomqtt
+
+from vpp.jsonutil import dumps
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,6 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, datetime):
-        return o.isoformat()
-    if hasattr(o, "tolist"):
-        return o.tolist()
-    raise TypeError(f"cannot encode {type(o).__name__}")
 
 
 class MqttBridge:
@@ -72,8 +65,7 @@ class MqttBridge:
                 retain: bool = False) -> None:
         """Queue a JSON message; never blocks."""
         body = {"schema": SCHEMA_VERSION, **payload}
-        msg = Message(f"{self.base}/{subtopic}",
-                      json.dumps(body, default=_json_default).encode(), qos, retain)
+        msg = Message(f"{self.base}/{subtopic}", dumps(body).encode(), qos, retain)
         if len(self._buffer) >= self.max_buffer:
             self._drop_one()
         self._buffer.append(msg)

@@ -68,6 +68,13 @@ class Services:
         return 0 if self.ephemeral_ports or not port_is_free(host, port) else port
 
     async def __aenter__(self) -> Services:
+        try:
+            return await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)  # undo what was started
+            raise
+
+    async def _start(self) -> Services:
         cfg = self.config
         if cfg.mqtt.enabled:
             host, port = cfg.mqtt.host, cfg.mqtt.port

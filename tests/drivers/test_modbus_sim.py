@@ -8,7 +8,16 @@ from datetime import UTC, datetime
 
 import pytest
 
-from drivers import Device, Health, ModbusConnection, PollClass, Quality, load_profile
+from drivers import (
+    Device,
+    DeviceError,
+    Health,
+    ModbusConnection,
+    PollClass,
+    Quality,
+    Table,
+    load_profile,
+)
 from drivers.profile import Access, Point, Profile
 from drivers.registers import TYPE_TABLE, RegisterType
 from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
@@ -121,6 +130,32 @@ async def test_write_is_clamped_and_counted() -> None:
         assert rec.writes[-1] == ("active_power_limit_w", 0.0)
         with pytest.raises(PermissionError):
             await dev.write("active_power_w", 1.0)
+    finally:
+        conn.close()
+        await server.stop()
+
+
+async def test_strict_device_refuses_unmapped_registers_and_bad_frames() -> None:
+    import struct
+
+    profile = load_profile("generic-battery")
+    server = ModbusTcpDeviceServer(host="127.0.0.1", port=0, units={
+        1: SimUnit(profile, lambda: {"active_power_w": 1.0, "soc": 0.5, "status": 0.0},
+                   lambda p, v: None)})
+    await server.start()
+    conn = ModbusConnection(host="127.0.0.1", port=server.port)
+    try:
+        with pytest.raises(DeviceError, match="read 11"):
+            await conn.read(Table.INPUT, 11, 3, 1)  # status is 11; 12 and 13 map nothing
+        assert await conn.read(Table.INPUT, 0, 3, 1) == [0, 1, 5000]
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        bad = struct.pack(">HHHB", 7, 0, 3, 1) + bytes([3, 0])  # FC 3 with a truncated body
+        writer.write(bad)
+        await writer.drain()
+        reply = await reader.readexactly(9)
+        assert struct.unpack(">HHHBBB", reply) == (7, 0, 3, 1, 0x83, 3)  # illegal data value
+        writer.close()
+        await writer.wait_closed()
     finally:
         conn.close()
         await server.stop()

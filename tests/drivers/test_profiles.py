@@ -30,10 +30,15 @@ def test_every_shipped_profile_loads() -> None:
 
 def test_reads_are_coalesced() -> None:
     p = load_profile("generic-battery")
-    blocks = plan_reads([pt for pt in p.points if pt.poll == PollClass.FAST])
-    # active_power_w (0-1), soc (2) and status (11) in one input read; the setpoint in one
-    # holding read
-    assert [(b.table.value, b.start, b.count) for b in blocks] == [("holding", 0, 2),
+    fast = [pt for pt in p.points if pt.poll == PollClass.FAST]
+    # adjacent points merge (active_power_w 0-1 and soc 2); status (11) is read apart, since
+    # a device may refuse a read that touches unmapped registers
+    blocks = plan_reads(fast)
+    assert [(b.table.value, b.start, b.count) for b in blocks] == [
+        ("holding", 0, 2), ("input", 0, 3), ("input", 11, 1)]
+    # a device known to accept holes can be read in one request
+    merged = plan_reads(fast, max_gap=8)
+    assert [(b.table.value, b.start, b.count) for b in merged] == [("holding", 0, 2),
                                                                    ("input", 0, 12)]
     wide = plan_reads(p.points, max_registers=4)
     assert all(b.count <= 4 for b in wide)

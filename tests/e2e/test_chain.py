@@ -146,3 +146,31 @@ def test_vpp_demo_command_writes_the_report(tmp_path: Path) -> None:
         assert key in rep
     assert rep["sim_hours"] >= 0.5
     assert "API" in res.stdout and "/metrics" in res.stdout and "mqtt://" in res.stdout
+
+
+async def test_devices_lost_mid_run_the_cap_still_holds(demo_config: SiteConfig) -> None:
+    """The battery drops off the network for good, then the PCC meter for a while."""
+    demo = Demo(midday(demo_config), DemoOptions(hours=1.5, speed=600.0, ephemeral_ports=True))
+    async with demo:
+        ctrl = demo.controller
+        await asyncio.sleep(2.0)
+        await demo.sim.server_of("bess1").stop()
+        await asyncio.sleep(1.5)
+        steps_before = ctrl.state.control_steps
+        assert ctrl.devices["bess1"].health.value == "offline"
+        cmd = ctrl.state.command
+        assert any("bess1 held" in n for n in cmd.notes), cmd.notes
+        meter = demo.sim.server_of("pcc")
+        await meter.stop()
+        async with asyncio.timeout(5):  # a read in flight may wait out its 1 s timeout first
+            while ctrl.state.command.mode.value != "pcc_lost":  # noqa: ASYNC110 (from outside)
+                await asyncio.sleep(0.05)
+        await meter.start()  # back on the same port
+        async with asyncio.timeout(10):  # reconnect backoff is at most 5 s (wall)
+            while ctrl.state.command.mode.value == "pcc_lost":  # noqa: ASYNC110 (watching from outside)
+                await asyncio.sleep(0.1)
+        await demo.wait()
+    rep = demo.report()
+    assert ctrl.state.control_steps > steps_before + 10  # control went on throughout
+    assert rep["cap_violation_s"] == 0
+    assert rep["max_export_w"] <= 1.01 * rep["export_cap_w"]

@@ -114,3 +114,32 @@ def test_every_config_key_is_documented() -> None:
                if f"`{f}`" not in doc]
     assert not missing, f"keys missing from docs/config.md: {missing}"
     assert all(f"## `[{s}]`" in doc for s in sections)
+
+
+@pytest.mark.parametrize(("mutate", "expected"), [
+    (lambda d: d["dispatch"].update(step_s=300), "dispatch.step_s (300) must equal"),
+    (lambda d: d["dispatch"].update(horizon_h=24), "dispatch.horizon_h (24.0) must not exceed"),
+    (lambda d: d["dispatch"].update(load_quantile=0.9), "dispatch.load_quantile (0.9) < 0.5"),
+    (lambda d: d["dispatch"].update(generation_quantile=0.95), "must include [0.05, 0.95]"),
+    (lambda d: d["sim"].update(start="yesterday"), "sim.start: 'yesterday' is not allowed: not"),
+    (lambda d: d["sim"].update(start="2026-04-15T00:00:00"), "give the UTC offset"),
+    (lambda d: d["storage"].update(url="mysql://x@h/db"), "backend 'mysql' is not supported"),
+    (lambda d: d["storage"].update(url="::nonsense"), "not a database URL"),
+])
+def test_cross_checks_name_the_fields(mutate: Any, expected: str) -> None:
+    data = demo_data()
+    mutate(data)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert any(expected in p for p in exc.value.problems), exc.value.problems
+
+
+def test_a_profile_must_give_what_its_kind_needs(tmp_path: Path) -> None:
+    prof = tmp_path / "meterless.yaml"
+    prof.write_text("name: meterless\nkind: meter\npoints:\n"
+                    "  - {name: frequency_hz, table: input, address: 0, type: u16}\n")
+    data = demo_data()
+    data["assets"][4]["profile"] = str(prof)
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data)
+    assert any("lacks what a meter needs: ['reads_export']" in p for p in exc.value.problems)

@@ -93,6 +93,26 @@ def test_pcc_lost_fails_safe() -> None:
     assert cmd.battery_w["b"] <= -5e6  # no extra discharge
 
 
+def test_an_asset_with_an_unusable_reading_is_held_and_its_rise_reserved() -> None:
+    target = CAP * 0.97
+    blind_pv = GeneratorNow(id="pv", output_w=20e6, potential_w=40e6, rated_power_w=60e6,
+                            limit_w=30e6, controllable=False)
+    wf = gen("wf", 10e6, 30e6, 30e6)
+    blind_b = BatteryNow(id="b", power_w=-8e6, soc=0.5, capacity_wh=50e6, max_charge_w=20e6,
+                         max_discharge_w=20e6, soc_min=0.1, soc_max=0.95, planned_w=5e6,
+                         controllable=False)
+    export = target - 12e6
+    cmd = enforce(export_w=export, cap_w=CAP, generators=[blind_pv, wf], batteries=[blind_b],
+                  params=P)
+    assert cmd.limits_w["pv"] == 30e6  # not driven
+    assert cmd.battery_w["b"] == -8e6  # not driven
+    # pv may still rise 10 MW to its limit and the battery may stop charging (8 MW): 18 MW
+    # reserved against 12 MW of room, so the wind farm sheds the 6 MW difference
+    assert cmd.limits_w["wf"] == pytest.approx(4e6)
+    assert cmd.worst_export_w == pytest.approx(target)
+    assert any("held" in n for n in cmd.notes)
+
+
 gens_st = st.lists(st.tuples(st.floats(0, 60e6), st.floats(0, 1.5), st.floats(0, 1.2)),
                    min_size=0, max_size=4)
 

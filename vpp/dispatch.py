@@ -22,7 +22,11 @@ Pure: no I/O. The controller runs :meth:`Dispatcher.solve` in an executor.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -144,6 +148,35 @@ class Schedule:
         return k if 0 <= k < self.steps else None
 
 
+@contextlib.contextmanager
+def _quiet_stdout_fd() -> Iterator[None]:
+    """Silence file descriptor 1 (C libraries print past Python's sys.stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+_HIGHS_GREETED = False
+
+
+def _greet_highs_quietly() -> None:
+    """highspy prints a banner when its first solver object is made; make it here, silenced,
+    so it does not break a live terminal view later."""
+    global _HIGHS_GREETED
+    if _HIGHS_GREETED:
+        return
+    _HIGHS_GREETED = True
+    with contextlib.suppress(ImportError, OSError), _quiet_stdout_fd():
+        import highspy
+        highspy.Highs()
+
+
 def _solver_options(solver: str, time_limit_s: float) -> dict[str, object]:
     if solver == "HIGHS":
         return {"time_limit": time_limit_s, "output_flag": False}
@@ -161,6 +194,7 @@ class Dispatcher:
         self.step_s = step_s
         self.weights = weights
         self.constraints: dict[str, cp.Constraint] = {}
+        _greet_highs_quietly()
         self._build()
 
     # -- building, one function per concern ---------------------------------------------

@@ -75,8 +75,9 @@ class Plant:
         self.weather = Weather(spec, seed=seed, first_day_s=first_day)
         self.t_s = start_s
         self.export_cap_w = spec.export_cap_w
-        self.pv_limit_w = {p.id: p.rated_power_w for p in spec.pv}
-        self.wind_limit_w = {w.id: w.rated_power_w for w in spec.wind}
+        self._generators = [(g.id, "pv") for g in spec.pv] + [(g.id, "wind") for g in spec.wind]
+        self.limit_w = {g.id: g.rated_power_w for g in spec.pv} | {
+            g.id: g.rated_power_w for g in spec.wind}
         self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
         self.battery = {b.id: BatteryState(soc=b.initial_soc) for b in spec.batteries}
         self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
@@ -119,22 +120,15 @@ class Plant:
         st = self.stats
         export = 0.0
         uncontrolled = 0.0
-        for p in self.spec.pv:
-            avail = self.available_w[p.id]
-            out = min(avail, self.pv_limit_w[p.id])
-            self.power_w[p.id] = out
-            self.energy_wh[p.id] += out * h
-            st.pv_wh += out * h
-            st.renewable_available_wh += avail * h
-            st.curtailed_wh += (avail - out) * h
-            export += out
-            uncontrolled += avail
-        for w in self.spec.wind:
-            avail = self.available_w[w.id]
-            out = min(avail, self.wind_limit_w[w.id])
-            self.power_w[w.id] = out
-            self.energy_wh[w.id] += out * h
-            st.wind_wh += out * h
+        for gid, kind in self._generators:
+            avail = self.available_w[gid]
+            out = min(avail, self.limit_w[gid])
+            self.power_w[gid] = out
+            self.energy_wh[gid] += out * h
+            if kind == "pv":
+                st.pv_wh += out * h
+            else:
+                st.wind_wh += out * h
             st.renewable_available_wh += avail * h
             st.curtailed_wh += (avail - out) * h
             export += out
@@ -195,14 +189,14 @@ class Plant:
         p = self.power_w[asset_id]
         for pv in sp.pv:
             if pv.id == asset_id:
-                lim = self.pv_limit_w[asset_id]
+                lim = self.limit_w[asset_id]
                 return {"active_power_w": p, "available_power_w": self.available_w[asset_id],
                         "energy_export_wh": self.energy_wh[asset_id],
                         "status": 2.0 if self.available_w[asset_id] > lim else 1.0,
                         "rated_power_w": pv.rated_power_w, "active_power_limit_w": lim}
         for wf in sp.wind:
             if wf.id == asset_id:
-                lim = self.wind_limit_w[asset_id]
+                lim = self.limit_w[asset_id]
                 day = self.weather.day_for(self.t_s)
                 minute = int((self.t_s - day.t0_s) // 60) % MINUTES_PER_DAY
                 return {"active_power_w": p, "available_power_w": self.available_w[asset_id],
@@ -229,10 +223,8 @@ class Plant:
 
     def apply_setpoint(self, asset_id: str, point: str, value: float) -> None:
         """A setpoint written to a device, effective from the plant's current time."""
-        if point == "active_power_limit_w" and asset_id in self.pv_limit_w:
-            self.pv_limit_w[asset_id] = max(0.0, value)
-        elif point == "active_power_limit_w" and asset_id in self.wind_limit_w:
-            self.wind_limit_w[asset_id] = max(0.0, value)
+        if point == "active_power_limit_w" and asset_id in self.limit_w:
+            self.limit_w[asset_id] = max(0.0, value)
         elif point == "power_setpoint_w" and asset_id in self.battery_setpoint_w:
             self.battery_setpoint_w[asset_id] = value
         else:

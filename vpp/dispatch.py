@@ -174,7 +174,7 @@ def _greet_highs_quietly() -> None:
     _HIGHS_GREETED = True
     with contextlib.suppress(ImportError, OSError), _quiet_stdout_fd():
         import highspy
-        highspy.Highs()
+        highspy.Highs()  # type: ignore[no-untyped-call]
 
 
 def _solver_options(solver: str, time_limit_s: float) -> dict[str, object]:

@@ -90,8 +90,8 @@ def test_limits_are_obeyed_and_the_books_close(demo_config) -> None:  # type: ig
         plant.apply_setpoint("wf1", "active_power_limit_w", rng.uniform(0, 30e6))
         plant.apply_setpoint("bess1", "power_setpoint_w", rng.uniform(-20e6, 20e6))
         plant.advance_to(plant.t_s + 600)
-        assert plant.power_w["pv1"] <= plant.pv_limit_w["pv1"] + 1e-6
-        assert plant.power_w["wf1"] <= plant.wind_limit_w["wf1"] + 1e-6
+        assert plant.power_w["pv1"] <= plant.limit_w["pv1"] + 1e-6
+        assert plant.power_w["wf1"] <= plant.limit_w["wf1"] + 1e-6
     st = plant.finish()
     assert st.curtailed_wh > 0
     assert st.renewable_available_wh == pytest.approx(st.renewable_wh + st.curtailed_wh)

@@ -1,9 +1,11 @@
 """Async Modbus device drivers; register maps are data files in ``drivers/profiles``."""
 
-from drivers.modbus import Device, DeviceError, Health, ModbusConnection, WriteResult, plan_reads
+from drivers.connection import DeviceError, ExceptionReply, ModbusConnection
+from drivers.device import Device, Health, WriteError, WriteResult, plan_reads
 from drivers.profile import (
     Access,
     Capability,
+    Heartbeat,
     Point,
     PollClass,
     Profile,
@@ -13,6 +15,7 @@ from drivers.profile import (
     shipped_profiles,
 )
 from drivers.registers import RegisterType, WordOrder, decode, encode
+from drivers.samples import SampleQueue
 from drivers.telemetry import Quality, Sample
 
 __all__ = [
@@ -20,7 +23,9 @@ __all__ = [
     "Capability",
     "Device",
     "DeviceError",
+    "ExceptionReply",
     "Health",
+    "Heartbeat",
     "ModbusConnection",
     "Point",
     "PollClass",
@@ -29,8 +34,10 @@ __all__ = [
     "Quality",
     "RegisterType",
     "Sample",
+    "SampleQueue",
     "Table",
     "WordOrder",
+    "WriteError",
     "WriteResult",
     "decode",
     "encode",

@@ -71,12 +71,18 @@ class Point(BaseModel):
     length: int = Field(default=0, ge=0, description="string points: registers")
     word_order: WordOrder | None = None
     scale: float = 1.0
+    scale_register: str | None = Field(
+        default=None, description="i16 point holding a power-of-ten exponent (SunSpec sunssf)")
     unit: str = ""
     access: Access = Access.READ
     write_min: float | None = None
     write_max: float | None = None
     valid_min: float | None = None
     valid_max: float | None = None
+    invalid: tuple[int, ...] | None = Field(
+        default=None, description="raw values meaning 'no value'; replace the type's sentinel")
+    frozen_after_s: float | None = Field(
+        default=None, gt=0, description="a raw value unchanged this long is flagged stale")
     poll: PollClass = PollClass.FAST
     description: str = ""
 
@@ -100,13 +106,28 @@ class Point(BaseModel):
     def registers(self) -> int:
         return register_count(self.type, self.length)
 
-    def writable_range(self) -> tuple[float, float]:
+    def gain(self, sf_exponent: int = 0) -> float:
+        """Engineering value per raw count: scale × 10^sf."""
+        return self.scale * 10.0 ** sf_exponent
+
+    def writable_range(self, sf_exponent: int = 0) -> tuple[float, float]:
         """Allowed engineering values for a write: the profile's range within the type's."""
         info = TYPE_TABLE[self.type]
-        lo_raw, hi_raw = sorted((info.min_value * self.scale, info.max_value * self.scale))
+        g = self.gain(sf_exponent)
+        lo_raw, hi_raw = sorted((info.min_value * g, info.max_value * g))
         lo = lo_raw if self.write_min is None else max(lo_raw, self.write_min)
         hi = hi_raw if self.write_max is None else min(hi_raw, self.write_max)
         return lo, hi
+
+
+class Heartbeat(BaseModel):
+    """A watchdog point the controller writes periodically; if the writes stop, the device
+    falls back to its own safe limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    point: str
+    interval_s: float = Field(default=10.0, gt=0)
 
 
 class Profile(BaseModel):
@@ -117,7 +138,9 @@ class Profile(BaseModel):
     name: str
     kind: str = Field(pattern=r"^(pv|wind|battery|load|meter)$")
     description: str = ""
+    products: tuple[str, ...] = ()
     word_order: WordOrder = WordOrder.BIG
+    heartbeat: Heartbeat | None = None
     points: tuple[Point, ...]
 
     @model_validator(mode="after")
@@ -126,6 +149,19 @@ class Profile(BaseModel):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"profile {self.name}: duplicate point names {sorted(dup)}")
+        by_name = {p.name: p for p in self.points}
+        for p in self.points:
+            if p.scale_register is None:
+                continue
+            sf = by_name.get(p.scale_register)
+            if sf is None or sf.type is not RegisterType.I16:
+                raise ValueError(f"profile {self.name}: point {p.name}: scale_register "
+                                 f"{p.scale_register!r} must name an i16 point of this profile")
+        if self.heartbeat is not None:
+            hb = by_name.get(self.heartbeat.point)
+            if hb is None or hb.access is not Access.READ_WRITE:
+                raise ValueError(f"profile {self.name}: heartbeat point "
+                                 f"{self.heartbeat.point!r} must be a writable point")
         for table in Table:
             spans = sorted((p.address, p.address + p.registers, p.name)
                            for p in self.points if p.table == table)

@@ -28,6 +28,8 @@ class RegisterType(StrEnum):
     I64 = "i64"
     F32 = "f32"
     STRING = "string"
+    BITFIELD16 = "bitfield16"
+    BITFIELD32 = "bitfield32"
 
 
 class WordOrder(StrEnum):
@@ -59,6 +61,8 @@ TYPE_TABLE: dict[RegisterType, TypeInfo] = {
     ),
     RegisterType.F32: TypeInfo(2, ">f", -3.4028234663852886e38, 3.4028234663852886e38, None),
     RegisterType.STRING: TypeInfo(0, "", 0, 0, None),
+    RegisterType.BITFIELD16: TypeInfo(1, ">H", 0, 0xFFFF, 0xFFFF),
+    RegisterType.BITFIELD32: TypeInfo(2, ">I", 0, 0xFFFF_FFFF, 0xFFFF_FFFF),
 }
 
 
@@ -133,9 +137,16 @@ def decode(
     return struct.unpack(info.struct_code, data)[0]  # type: ignore[no-any-return]
 
 
-def is_not_implemented(raw: int | float | str, rtype: RegisterType) -> bool:
-    """True when the raw value is the type's "not implemented" sentinel (or a NaN float)."""
-    if rtype is RegisterType.F32:
-        return isinstance(raw, float) and math.isnan(raw)
+def is_not_implemented(raw: int | float | str, rtype: RegisterType,
+                       markers: tuple[int, ...] | None = None) -> bool:
+    """True when the raw value means "no value": a NaN float, or the type's sentinel.
+
+    ``markers``, when given, replace the type's sentinel (vendors have their own, e.g.
+    Huawei's 0x7FFF and 0x7FFFFFFF).
+    """
+    if isinstance(raw, float) and math.isnan(raw):
+        return True
+    if markers is not None:
+        return raw in markers
     sentinel = TYPE_TABLE[rtype].not_implemented
     return sentinel is not None and raw == sentinel

@@ -342,8 +342,10 @@ class Controller:
 
     async def _write(self, asset_id: str, point: str, value: float) -> bool:
         m = self.metrics
+        # verified by read-back, retried within half a control step (wall time)
+        deadline_s = 0.5 * self.control_interval_s / self.clock.speed
         try:
-            res = await self.devices[asset_id].write(point, value)
+            res = await self.devices[asset_id].write(point, value, deadline_s=deadline_s)
         except DeviceError as exc:
             log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
             if m is not None:

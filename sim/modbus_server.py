@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
 from drivers.profile import Access, Profile, Table
-from drivers.registers import RegisterCodecError, decode, encode
+from drivers.registers import TYPE_TABLE, RegisterCodecError, RegisterType, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +42,59 @@ class ModbusReplyError(Exception):
         self.code = code
 
 
+class FaultKind(StrEnum):
+    """What a faulty device does with a request."""
+
+    SILENT = "silent"  # never answers
+    SLOW = "slow"  # answers after delay_s
+    CLOSE = "close"  # closes the connection
+    EXCEPTION = "exception"  # answers with exception ``code``
+    FROZEN = "frozen"  # answers every read with the reply it gave when the fault began
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    delay_s: float = 2.0
+    code: int = DEVICE_FAILURE
+
+
+SENTINEL = "sentinel"  # an override that puts the type's "not implemented" value
+
+
 @dataclass
 class SimUnit:
     """A simulated device behind a unit id: a profile, a value source and a setpoint sink.
 
     ``values()`` returns the device's engineering values at the instant of the request;
-    ``on_write(point, value)`` applies a setpoint.
+    ``on_write(point, value)`` applies a setpoint. ``overrides`` replace values to inject
+    garbage: a number (NaN, out of range) or :data:`SENTINEL`.
     """
 
     profile: Profile
     values: Callable[[], dict[str, float]]
     on_write: Callable[[str, float], None]
+    overrides: dict[str, float | str] = field(default_factory=dict)
+
+    def _words(self, name: str, value: float | str) -> list[int]:
+        p = self.profile.point(name)
+        order = self.profile.order_of(p)
+        if value == SENTINEL or (isinstance(value, float) and math.isnan(value)
+                                 and p.type is not RegisterType.F32):
+            raw = TYPE_TABLE[p.type].not_implemented
+            if raw is None:
+                return encode(math.nan, p.type, order, p.length)
+            return encode(raw, p.type, order, p.length)
+        assert not isinstance(value, str)
+        return encode(value / p.scale, p.type, order, p.length)
 
     def _image(self, table: Table) -> dict[int, int]:
-        vals = self.values()
+        vals: dict[str, float | str] = {**self.values(), **self.overrides}
         regs: dict[int, int] = {}
         for p in self.profile.points:
             if p.table != table or p.name not in vals:
                 continue
-            words = encode(vals[p.name] / p.scale, p.type, self.profile.order_of(p), p.length)
+            words = self._words(p.name, vals[p.name])
             for i, w in enumerate(words):
                 regs[p.address + i] = w
         return regs
@@ -101,6 +137,8 @@ class ModbusTcpDeviceServer:
         self._server: asyncio.Server | None = None
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.requests = 0
+        self.faults: dict[int, Fault] = {}  # by unit id; set and clear at run time
+        self._frozen: dict[tuple[int, bytes], bytes] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -165,7 +203,21 @@ class ModbusTcpDeviceServer:
                 if not pdu:
                     break
                 self.requests += 1
-                reply = self._pdu(unit_id, pdu)
+                fault = self.faults.get(unit_id)
+                if fault is not None and fault.kind is FaultKind.CLOSE:
+                    break
+                if fault is not None and fault.kind is FaultKind.SILENT:
+                    continue
+                if fault is not None and fault.kind is FaultKind.SLOW:
+                    await asyncio.sleep(fault.delay_s)
+                if fault is not None and fault.kind is FaultKind.EXCEPTION:
+                    reply = struct.pack(">BB", pdu[0] | 0x80, fault.code)
+                elif fault is not None and fault.kind is FaultKind.FROZEN:
+                    reply = self._frozen.setdefault((unit_id, pdu), self._pdu(unit_id, pdu))
+                else:
+                    reply = self._pdu(unit_id, pdu)
+                    if pdu[0] in (3, 4):
+                        self._frozen[(unit_id, pdu)] = reply
                 writer.write(struct.pack(">HHHB", tid, 0, len(reply) + 1, unit_id) + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):

@@ -152,6 +152,28 @@ def run(
     _run(serve(cfg, console))
 
 
+@app.command()
+def probe(
+    url: Annotated[str, typer.Argument(help="modbus://host[:port][/unit], e.g. "
+                                       "modbus://127.0.0.1:5020/1")],
+    profile: Annotated[str, typer.Option(help="a shipped profile, a profile .yaml, or "
+                                         "'sunspec' to discover the device's models")],
+    timeout: Annotated[float, typer.Option(help="per request [s]")] = 2.0,
+) -> None:
+    """Read a device once and print every decoded point with unit and quality."""
+    _logging(False)
+    from drivers import DeviceError, ProfileError
+    from vpp.probe import probe as run_probe
+    try:
+        good = _run(run_probe(url, profile, console, timeout_s=timeout))
+    except (ValueError, ProfileError, DeviceError) as exc:
+        err.print(f"[bold red]probe failed:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if not good:
+        err.print("no point could be read good")
+        raise typer.Exit(1)
+
+
 @sim_app.command("serve")
 def sim_serve(
     scenario: Annotated[Path, typer.Argument(help="site configuration (TOML) describing the "

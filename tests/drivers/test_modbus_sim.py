@@ -159,3 +159,46 @@ async def test_strict_device_refuses_unmapped_registers_and_bad_frames() -> None
     finally:
         conn.close()
         await server.stop()
+
+
+async def test_huawei_markers_gains_and_signs_on_the_wire() -> None:
+    """Raw registers as a SUN2000 sends them, decoded by the profile."""
+    from drivers.registers import RegisterType, WordOrder, encode
+
+    profile = load_profile("huawei-sun2000")
+    raw = {  # address -> words, as the inverter would put them
+        32080: encode(12345, RegisterType.I32), 32084: encode(0x7FFF, RegisterType.I16),
+        32085: encode(5003, RegisterType.U16), 32106: encode(123456, RegisterType.U32),
+        37760: encode(875, RegisterType.U16), 37765: encode(-2500, RegisterType.I32),
+        40126: encode(0xFFFFFFFF, RegisterType.U32)}
+    assert WordOrder.BIG is profile.word_order
+
+    class Wire(SimUnit):
+        def read(self, table: Table, address: int, count: int) -> list[int]:
+            words: list[int] = []
+            a = address
+            while a < address + count:
+                w = raw.get(a, [0])
+                words += w
+                a += len(w)
+            return words[:count]
+
+    server = ModbusTcpDeviceServer(host="127.0.0.1", port=0,
+                                   units={1: Wire(profile, dict, lambda p, v: None)})
+    await server.start()
+    conn = ModbusConnection(host="127.0.0.1", port=server.port)
+    dev = Device(asset_id="inv", profile=profile, connection=conn, unit_id=1,
+                 now=lambda: datetime.now(UTC))
+    try:
+        s = await dev.poll(PollClass.FAST)
+        s.update(await dev.poll(PollClass.SLOW))
+    finally:
+        conn.close()
+        await server.stop()
+    assert s["active_power_w"].value == 12345.0
+    assert s["power_factor"].quality is Quality.MISSING  # Huawei's 0x7FFF, not 32.767
+    assert s["frequency_hz"].value == pytest.approx(50.03)
+    assert s["energy_export_wh"].value == pytest.approx(1234.56e3)  # kWh with gain 100
+    assert s["battery_soc"].value == pytest.approx(0.875)  # % with gain 10 -> ratio
+    assert s["battery_power_w"].value == 2500.0  # discharging: + in the house convention
+    assert s["active_power_limit_w"].quality is Quality.MISSING  # 0xFFFFFFFF

@@ -16,6 +16,7 @@ EXPECTED_CAPABILITIES = {
                         Capability.HAS_SOC},
     "generic-load": {Capability.READS_ACTIVE_POWER},
     "generic-meter": {Capability.READS_EXPORT},
+    "huawei-sun2000": {Capability.READS_ACTIVE_POWER, Capability.SETS_ACTIVE_POWER_LIMIT},
 }
 
 

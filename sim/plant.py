@@ -17,6 +17,7 @@ from sim.spec import PlantSpec
 from sim.weather import MINUTES_PER_DAY, Weather
 
 VIOLATION_TOLERANCE_RATIO = 0.01  # export above cap × (1 + this) counts as a violation
+WATCHDOG_TIMEOUT_S = 30.0  # a device armed by a heartbeat falls back after this silence
 
 
 @dataclass
@@ -78,6 +79,10 @@ class Plant:
         self._generators = [(g.id, "pv") for g in spec.pv] + [(g.id, "wind") for g in spec.wind]
         self.limit_w = {g.id: g.rated_power_w for g in spec.pv} | {
             g.id: g.rated_power_w for g in spec.wind}
+        self.fallback_limit_w = dict(self.limit_w)
+        self.watchdog: dict[str, int] = {}
+        self._heard_s: dict[str, float] = {}  # armed devices: last heartbeat [s]
+        self.fallbacks: dict[str, float] = {}  # device -> time it fell back [s]
         self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
         self.battery = {b.id: BatteryState(soc=b.initial_soc) for b in spec.batteries}
         self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
@@ -114,7 +119,21 @@ class Plant:
         for ld in self.spec.loads:
             self.available_w[ld.id] = self._series_at("load_w", ld.id, t_s)
 
+    def _watch(self) -> None:
+        """Devices whose controller went silent fall back to their own safe settings."""
+        for asset_id, heard in list(self._heard_s.items()):
+            if self.t_s - heard <= WATCHDOG_TIMEOUT_S:
+                continue
+            del self._heard_s[asset_id]  # disarmed until the next heartbeat
+            self.fallbacks[asset_id] = self.t_s
+            if asset_id in self.battery_setpoint_w:
+                self.battery_setpoint_w[asset_id] = 0.0
+            if asset_id in self.limit_w:
+                self.limit_w[asset_id] = self.fallback_limit_w[asset_id]
+
     def _step(self, dt_s: float) -> None:
+        if self._heard_s:
+            self._watch()
         self._sample(self.t_s + dt_s / 2.0)
         h = dt_s / 3600.0
         st = self.stats
@@ -193,7 +212,9 @@ class Plant:
                 return {"active_power_w": p, "available_power_w": self.available_w[asset_id],
                         "energy_export_wh": self.energy_wh[asset_id],
                         "status": 2.0 if self.available_w[asset_id] > lim else 1.0,
-                        "rated_power_w": pv.rated_power_w, "active_power_limit_w": lim}
+                        "rated_power_w": pv.rated_power_w, "active_power_limit_w": lim,
+                        "fallback_limit_w": self.fallback_limit_w[asset_id],
+                        "watchdog": float(self.watchdog.get(asset_id, 0))}
         for wf in sp.wind:
             if wf.id == asset_id:
                 lim = self.limit_w[asset_id]
@@ -203,7 +224,9 @@ class Plant:
                         "wind_speed_m_s": float(day.wind_speed_m_s[minute]),
                         "energy_export_wh": self.energy_wh[asset_id],
                         "status": 2.0 if self.available_w[asset_id] > lim else 1.0,
-                        "rated_power_w": wf.rated_power_w, "active_power_limit_w": lim}
+                        "rated_power_w": wf.rated_power_w, "active_power_limit_w": lim,
+                        "fallback_limit_w": self.fallback_limit_w[asset_id],
+                        "watchdog": float(self.watchdog.get(asset_id, 0))}
         for b in sp.batteries:
             if b.id == asset_id:
                 bs = self.battery[asset_id]
@@ -212,7 +235,8 @@ class Plant:
                         "status": 0.0 if p == 0 else (2.0 if p > 0 else 1.0),
                         "capacity_wh": b.capacity_wh, "max_charge_w": b.max_charge_w,
                         "max_discharge_w": b.max_discharge_w,
-                        "power_setpoint_w": self.battery_setpoint_w[asset_id]}
+                        "power_setpoint_w": self.battery_setpoint_w[asset_id],
+                        "watchdog": float(self.watchdog.get(asset_id, 0))}
         for ld in sp.loads:
             if ld.id == asset_id:
                 return {"active_power_w": p, "energy_import_wh": self.energy_wh[asset_id]}
@@ -223,7 +247,12 @@ class Plant:
 
     def apply_setpoint(self, asset_id: str, point: str, value: float) -> None:
         """A setpoint written to a device, effective from the plant's current time."""
-        if point == "active_power_limit_w" and asset_id in self.limit_w:
+        if point == "watchdog":
+            self.watchdog[asset_id] = int(value)
+            self._heard_s[asset_id] = self.t_s  # armed, or re-armed
+        elif point == "fallback_limit_w" and asset_id in self.fallback_limit_w:
+            self.fallback_limit_w[asset_id] = max(0.0, value)
+        elif point == "active_power_limit_w" and asset_id in self.limit_w:
             self.limit_w[asset_id] = max(0.0, value)
         elif point == "power_setpoint_w" and asset_id in self.battery_setpoint_w:
             self.battery_setpoint_w[asset_id] = value

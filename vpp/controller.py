@@ -156,6 +156,8 @@ class Controller:
         self._next_publish_wall = 0.0
         self._last_output: dict[str, float] = {}
         self._mqtt_dropped_seen = 0
+        self._inflight: dict[tuple[str, PollClass], asyncio.Task[Any]] = {}
+        self._heartbeat = 0
 
     # -- history ----------------------------------------------------------------------------
 
@@ -181,6 +183,9 @@ class Controller:
         """Run until ``stop`` is set."""
         await self.load_history()
         await asyncio.gather(*(d.poll(PollClass.ONCE) for d in self.devices.values()))
+        await self.write_fallback_limits()
+        beats = [d.profile.heartbeat.interval_s for d in self.devices.values()
+                 if d.profile.heartbeat is not None]
         try:
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._every(self.control_interval_s, self.control_step),
@@ -189,6 +194,9 @@ class Controller:
                                                     self.plan_step), name="vpp.planner"),
                          tg.create_task(self._every(self.config.polling.slow_interval_s,
                                                     self.slow_poll), name="vpp.slow_poll")]
+                if beats:
+                    tasks.append(tg.create_task(self._every(min(beats), self.heartbeat_step),
+                                                name="vpp.heartbeat"))
                 await stop.wait()
                 for t in tasks:
                     t.cancel()
@@ -216,10 +224,51 @@ class Controller:
             if nxt < self.clock.now():  # too far behind: skip missed steps, do not burst
                 nxt = self.clock.now()
 
+    def _start_polls(self, poll_class: PollClass) -> dict[str, asyncio.Task[Any]]:
+        """A poll task per device; a device whose last poll still runs is not asked again."""
+        tasks = {}
+        for aid, dev in self.devices.items():
+            t = self._inflight.get((aid, poll_class))
+            if t is None or t.done():
+                t = asyncio.create_task(dev.poll(poll_class), name=f"vpp.poll.{aid}")
+                self._inflight[(aid, poll_class)] = t
+            tasks[aid] = t
+        return tasks
+
+    async def _poll_fast(self) -> set[str]:
+        """Poll every device's fast points, waiting at most a share of the control step;
+        returns the devices read in time (a slow or dead one cannot stall the others)."""
+        tasks = self._start_polls(PollClass.FAST)
+        deadline_s = max(0.05, 0.8 * self.control_interval_s / self.clock.speed)
+        done, _ = await asyncio.wait(tasks.values(), timeout=deadline_s)
+        return {aid for aid, t in tasks.items()
+                if t in done and not t.cancelled() and t.exception() is None}
+
     async def slow_poll(self) -> None:
-        await asyncio.gather(*(d.poll(PollClass.SLOW) for d in self.devices.values()))
+        self._start_polls(PollClass.SLOW)
+
+    async def write_fallback_limits(self) -> None:
+        """Give each generator that has one a fallback limit: its share of the cap, applied
+        by the device itself if heartbeats stop, so a dead controller still keeps the cap."""
+        with_fallback = [g for g in self.generators if any(
+            p.name == "fallback_limit_w" for p in self.devices[g.id].profile.points)]
+        total = sum(g.rated_power_w for g in with_fallback)
+        budget = self.config.pcc.export_cap_w * (1.0 - self.config.control.margin_ratio)
+        for g in with_fallback:
+            await self._write(g.id, "fallback_limit_w", budget * g.rated_power_w / total,
+                              record=False)
+
+    async def heartbeat_step(self) -> None:
+        self._heartbeat = (self._heartbeat + 1) % 0x10000
+        await asyncio.gather(*(
+            self._write(aid, d.profile.heartbeat.point, float(self._heartbeat), record=False,
+                        verify=False)
+            for aid, d in self.devices.items() if d.profile.heartbeat is not None))
 
     async def close(self) -> None:
+        for t in self._inflight.values():
+            t.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
         for c in self.connections.values():
             c.close()
         loop = asyncio.get_running_loop()
@@ -268,10 +317,10 @@ class Controller:
     async def control_step(self) -> None:
         """Poll, enforce, write: one step of the real-time loop."""
         now = self.clock.now()
-        await asyncio.gather(*(d.poll(PollClass.FAST) for d in self.devices.values()))
+        polled = await self._poll_fast()
         meter = self.devices[self.config.pcc.meter]
         s = meter.latest.get("export_w")
-        fresh = s is not None and s.usable and (
+        fresh = self.config.pcc.meter in polled and s is not None and s.usable and (
             (now - s.ts).total_seconds() <= self.config.control.pcc_stale_s)
         export = s.value if fresh and s is not None else None
         written = self.state.written_w
@@ -279,7 +328,7 @@ class Controller:
         for g in self.generators:
             dev = self.devices[g.id]
             out, limit = dev.value("active_power_w"), dev.value("active_power_limit_w")
-            usable = out is not None and limit is not None
+            usable = g.id in polled and out is not None and limit is not None
             if out is not None:
                 self._last_output[g.id] = out
             gens.append(GeneratorNow(
@@ -291,7 +340,7 @@ class Controller:
         for b in self.batteries:
             dev = self.devices[b.id]
             p, soc = dev.value("active_power_w"), dev.value("soc")
-            usable = p is not None and soc is not None
+            usable = b.id in polled and p is not None and soc is not None
             bats.append(BatteryNow(
                 id=b.id, power_w=p if p is not None else written.get(b.id, 0.0),
                 soc=soc if soc is not None else b.soc_min, capacity_wh=b.capacity_wh,
@@ -340,18 +389,21 @@ class Controller:
             return
         await asyncio.gather(*(self._write(a, p, v) for a, p, v in raise_))
 
-    async def _write(self, asset_id: str, point: str, value: float) -> bool:
+    async def _write(self, asset_id: str, point: str, value: float, *, record: bool = True,
+                     verify: bool = True) -> bool:
         m = self.metrics
         # verified by read-back, retried within half a control step (wall time)
         deadline_s = 0.5 * self.control_interval_s / self.clock.speed
         try:
-            res = await self.devices[asset_id].write(point, value, deadline_s=deadline_s)
+            res = await self.devices[asset_id].write(point, value, deadline_s=deadline_s,
+                                                     verify=verify)
         except DeviceError as exc:
             log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
             if m is not None:
                 m.writes[(asset_id, "failed")].inc()
             return False
-        self.state.written_w[asset_id] = res.written
+        if record:
+            self.state.written_w[asset_id] = res.written
         if m is not None:
             m.writes[(asset_id, "clamped" if res.clamped else "ok")].inc()
         return True

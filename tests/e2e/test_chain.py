@@ -174,3 +174,31 @@ async def test_devices_lost_mid_run_the_cap_still_holds(demo_config: SiteConfig)
     assert ctrl.state.control_steps > steps_before + 10  # control went on throughout
     assert rep["cap_violation_s"] == 0
     assert rep["max_export_w"] <= 1.01 * rep["export_cap_w"]
+
+
+async def test_the_controller_dies_and_the_devices_watchdogs_keep_the_cap(
+        demo_config: SiteConfig) -> None:
+    """Midday, the controller stops for good; the plant runs on. Each device falls back to
+    what the controller set for this case (its share of the cap; the battery to 0)."""
+    from sim.plant import WATCHDOG_TIMEOUT_S
+
+    demo = Demo(midday(demo_config), DemoOptions(hours=None, speed=600.0, ephemeral_ports=True))
+    async with demo:
+        await asyncio.sleep(2.0)  # 20 simulated minutes under control
+        svc = demo.services
+        assert svc is not None
+        dying = demo.clock.time()
+        await svc.__aexit__(None, None, None)  # the controller is gone
+        demo.services = None
+        dead = demo.clock.time()  # shutting down took this long (simulated)
+        await asyncio.sleep(3.0)  # 30 simulated minutes alone
+        plant = demo.sim.plant
+        assert set(plant.fallbacks) == {"pv1", "wf1", "bess1"}
+        # each fell back one watchdog timeout after the last heartbeat it heard
+        assert all(dying < t <= dead + WATCHDOG_TIMEOUT_S + 1 for t in plant.fallbacks.values())
+        assert plant.battery_setpoint_w["bess1"] == 0.0
+        cap = demo.config.pcc.export_cap_w
+        assert sum(plant.limit_w.values()) <= cap  # the shares of the cap, in force
+    rep = demo.report()
+    assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
+    assert rep["cap_violation_s"] == 0

@@ -211,8 +211,12 @@ class Device:
         return out
 
     def value(self, point_name: str) -> float | None:
-        """The latest good value of a point, or None."""
+        """The latest good value of a point (or of a house name the profile aliases), or None."""
         s = self.latest.get(point_name)
+        if s is None and point_name in self.profile.aliases:
+            alias = self.profile.aliases[point_name]
+            v = self.value(alias.point)
+            return None if v is None else v * alias.factor
         return s.value if s is not None and s.usable else None
 
     # -- writing ----------------------------------------------------------------------------

@@ -120,6 +120,15 @@ class Point(BaseModel):
         return lo, hi
 
 
+class Alias(BaseModel):
+    """A house name served by another point: value = point's value × factor."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    point: str
+    factor: float = 1.0
+
+
 class Heartbeat(BaseModel):
     """A watchdog point the controller writes periodically; if the writes stop, the device
     falls back to its own safe limits."""
@@ -141,6 +150,8 @@ class Profile(BaseModel):
     products: tuple[str, ...] = ()
     word_order: WordOrder = WordOrder.BIG
     heartbeat: Heartbeat | None = None
+    aliases: dict[str, Alias] = Field(
+        default_factory=dict, description="house names served by other points (SunSpec)")
     points: tuple[Point, ...]
 
     @model_validator(mode="after")
@@ -157,6 +168,10 @@ class Profile(BaseModel):
             if sf is None or sf.type is not RegisterType.I16:
                 raise ValueError(f"profile {self.name}: point {p.name}: scale_register "
                                  f"{p.scale_register!r} must name an i16 point of this profile")
+        for house, alias in self.aliases.items():
+            if alias.point not in by_name:
+                raise ValueError(f"profile {self.name}: alias {house} names no point "
+                                 f"{alias.point!r}")
         if self.heartbeat is not None:
             hb = by_name.get(self.heartbeat.point)
             if hb is None or hb.access is not Access.READ_WRITE:
@@ -185,6 +200,11 @@ class Profile(BaseModel):
     @property
     def capabilities(self) -> frozenset[Capability]:
         have = {(p.name, p.access) for p in self.points}
+        by_name = {p.name: p for p in self.points}
+        have |= {(house, by_name[a.point].access) for house, a in self.aliases.items()}
+        # a limit in percent of the rated power (SunSpec WMaxLimPct) sets a limit too
+        if ("active_power_limit_pct", Access.READ_WRITE) in have:
+            have.add(("active_power_limit_w", Access.READ_WRITE))
         caps = set()
         for cap, (name, access) in _CAPABILITY_POINTS.items():
             readable_rw = access is Access.READ and (name, Access.READ_WRITE) in have

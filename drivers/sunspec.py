@@ -22,7 +22,7 @@ from typing import Any
 import sunspec2
 
 from drivers.connection import ILLEGAL_ADDRESS, DeviceError, ExceptionReply, ModbusConnection
-from drivers.profile import Access, Point, PollClass, Profile, Table
+from drivers.profile import Access, Alias, Point, PollClass, Profile, Table
 from drivers.registers import RegisterType, WordOrder, decode
 from drivers.telemetry import Sample
 
@@ -244,7 +244,19 @@ def build_profile(blocks: Iterable[ModelBlock], *, kind: str, name: str = "sunsp
         points.extend(_model_points(mdef, block, prefix))
         model_ids.append(str(block.model_id))
     return Profile(name=name, kind=kind, word_order=WordOrder.BIG, points=tuple(points),
+                   aliases=_aliases(points),
                    description=f"SunSpec models {', '.join(model_ids)}")
+
+
+def _aliases(points: list[Point]) -> dict[str, Alias]:
+    """House names for the points present: the first model in STANDARD_NAMES wins."""
+    present = {p.name: p for p in points}
+    out: dict[str, Alias] = {}
+    for (model_id, point), house in [*STANDARD_NAMES.items(), *CONTROL_NAMES.items()]:
+        name = point_name(model_id, point)
+        if house not in out and name in present:
+            out[house] = Alias(point=name, factor=0.01 if house in _PERCENT else 1.0)
+    return out
 
 
 def point_name(model_id: int, point: str) -> str:
@@ -305,6 +317,15 @@ STANDARD_NAMES: dict[tuple[int, str], str] = {
     **{(m, "TotWhImp"): "energy_import_wh" for m in _METERS},
 }
 _PERCENT = frozenset({"soc"})  # SunSpec gives these in percent; the house uses a ratio
+
+# The controls the controller drives, by house name (see drivers/capabilities.py)
+CONTROL_NAMES: dict[tuple[int, str], str] = {
+    (123, "WMaxLimPct"): "active_power_limit_pct",
+    (123, "WMaxLim_Ena"): "active_power_limit_enable",
+    (123, "WMaxLimPct_RvrtTms"): "active_power_limit_revert_s",
+    (121, "WMax"): "wmax_w",
+    (122, "WAval"): "available_power_w",
+}
 
 
 def standard_values(profile_samples: Mapping[str, Sample]) -> dict[str, float]:

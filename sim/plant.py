@@ -77,12 +77,16 @@ class Plant:
         self.t_s = start_s
         self.export_cap_w = spec.export_cap_w
         self._generators = [(g.id, "pv") for g in spec.pv] + [(g.id, "wind") for g in spec.wind]
-        self.limit_w = {g.id: g.rated_power_w for g in spec.pv} | {
+        self.rated_w = {g.id: g.rated_power_w for g in spec.pv} | {
             g.id: g.rated_power_w for g in spec.wind}
+        self.limit_w = dict(self.rated_w)
         self.fallback_limit_w = dict(self.limit_w)
         self.watchdog: dict[str, int] = {}
         self._heard_s: dict[str, float] = {}  # armed devices: last heartbeat [s]
         self.fallbacks: dict[str, float] = {}  # device -> time it fell back [s]
+        self.limit_enabled = dict.fromkeys(self.limit_w, False)
+        self._revert_at_s: dict[str, float] = {}  # a limit that lapses (SunSpec reversion)
+        self.reverts: dict[str, float] = {}  # device -> time its limit lapsed [s]
         self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
         self.battery = {b.id: BatteryState(soc=b.initial_soc) for b in spec.batteries}
         self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
@@ -119,8 +123,22 @@ class Plant:
         for ld in self.spec.loads:
             self.available_w[ld.id] = self._series_at("load_w", ld.id, t_s)
 
+    def set_limit(self, asset_id: str, limit_w: float | None, *, revert_s: float = 0.0) -> None:
+        """A generator's limit (None: no limit), lapsing after ``revert_s`` if that is > 0."""
+        rated = self.rated_w[asset_id]
+        self.limit_enabled[asset_id] = limit_w is not None
+        self.limit_w[asset_id] = rated if limit_w is None else max(0.0, limit_w)
+        if limit_w is not None and revert_s > 0:
+            self._revert_at_s[asset_id] = self.t_s + revert_s
+        else:
+            self._revert_at_s.pop(asset_id, None)
+
     def _watch(self) -> None:
         """Devices whose controller went silent fall back to their own safe settings."""
+        for asset_id, at in list(self._revert_at_s.items()):
+            if self.t_s > at:
+                self.reverts[asset_id] = self.t_s
+                self.set_limit(asset_id, None)
         for asset_id, heard in list(self._heard_s.items()):
             if self.t_s - heard <= WATCHDOG_TIMEOUT_S:
                 continue
@@ -132,7 +150,7 @@ class Plant:
                 self.limit_w[asset_id] = self.fallback_limit_w[asset_id]
 
     def _step(self, dt_s: float) -> None:
-        if self._heard_s:
+        if self._heard_s or self._revert_at_s:
             self._watch()
         self._sample(self.t_s + dt_s / 2.0)
         h = dt_s / 3600.0

@@ -12,6 +12,9 @@ from drivers.profile import load_profile
 from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
 from sim.plant import Plant
 from sim.spec import Endpoint, PlantSpec
+from sim.sunspec import SunSpecSimUnit
+
+SUNSPEC_PV_MODELS = (1, 103, 120, 121, 122, 123)
 
 
 class TimeSource(Protocol):
@@ -53,7 +56,50 @@ class SimulatedPlant:
             self._servers_by_key[key] = srv
             self.servers.append(srv)
 
+    def _sunspec_pv(self, asset_id: str) -> SimUnit:
+        """A PV plant as a SunSpec inverter: 103 measurements, 120/121 ratings, 122 available
+        power, 123 limit in percent of WMax with its enable flag and reversion timer."""
+        plant = self.plant
+        ctl = {"pct": 100.0, "revert_s": 0.0}
+
+        def values() -> dict[str, float]:
+            plant.advance_to(self.clock.time())
+            v = plant.device_values(asset_id)
+            rated = v["rated_power_w"]
+            return {"m103_w": v["active_power_w"], "m103_w_sf": 4.0,
+                    "m103_wh": v["energy_export_wh"], "m103_wh_sf": 3.0,
+                    "m103_hz": 50.0, "m103_hz_sf": -2.0,
+                    "m103_st": 5.0 if v["status"] == 2 else 4.0,  # throttled / MPPT
+                    "m120_dertyp": 4.0, "m120_wrtg": rated, "m120_wrtg_sf": 4.0,
+                    "m121_wmax": rated, "m121_wmax_sf": 4.0,
+                    "m122_waval": v["available_power_w"], "m122_waval_sf": 4.0,
+                    "m123_wmaxlimpct": ctl["pct"], "m123_wmaxlimpct_sf": -2.0,
+                    "m123_wmaxlimpct_rvrttms": ctl["revert_s"],
+                    "m123_wmaxlim_ena": 1.0 if plant.limit_enabled[asset_id] else 0.0}
+
+        def on_write(point: str, value: float) -> None:
+            plant.advance_to(self.clock.time())
+            rated = plant.device_values(asset_id)["rated_power_w"]
+            enabled = plant.limit_enabled[asset_id]
+            if point == "m123_wmaxlimpct":
+                ctl["pct"] = value
+            elif point == "m123_wmaxlimpct_rvrttms":
+                ctl["revert_s"] = value
+            elif point == "m123_wmaxlim_ena":
+                enabled = value == 1
+            else:
+                return
+            plant.set_limit(asset_id, rated * ctl["pct"] / 100.0 if enabled else None,
+                            revert_s=ctl["revert_s"])
+
+        return SunSpecSimUnit(SUNSPEC_PV_MODELS, values, on_write,
+                              text={"m1_mn": "County VPP", "m1_md": "Simulated PV plant",
+                                    "m1_sn": asset_id})
+
     def _unit(self, asset_id: str, profile_name: str) -> SimUnit:
+        if profile_name == "sunspec":
+            return self._sunspec_pv(asset_id)
+
         def values() -> dict[str, float]:
             self.plant.advance_to(self.clock.time())
             return self.plant.device_values(asset_id)

@@ -26,6 +26,7 @@ from pydantic import (
 from drivers.profile import Capability, ProfileError, load_profile
 
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+SUNSPEC = "sunspec"  # a profile discovered from the device's SunSpec model chain
 
 # what the controller needs of each kind of asset, as capabilities of its profile
 REQUIRED_CAPABILITIES: dict[str, frozenset[Capability]] = {
@@ -76,6 +77,8 @@ class _AssetBase(_Frozen):
     @field_validator("profile")
     @classmethod
     def _profile_exists(cls, v: str) -> str:
+        if v == SUNSPEC:
+            return v
         try:
             load_profile(v)
         except ProfileError as exc:
@@ -180,6 +183,9 @@ class ControlSection(_Frozen):
     pcc_stale_s: float = Field(default=5.0, gt=0)
     setpoint_deadband_ratio: float = Field(default=0.002, ge=0, lt=0.1)
     soc_taper_s: float = Field(default=600.0, gt=0)
+    limit_revert_s: float = Field(
+        default=300.0, ge=10, le=65535,
+        description="SunSpec reversion timer written with every limit; refreshed at a third")
     pv_potential_margin_ratio: float = Field(
         default=1.3, ge=1.0, le=3.0,
         description="PV may rise to clear-sky power × this (cold cells, cloud-edge brightening)")
@@ -291,6 +297,11 @@ class SiteConfig(_Frozen):
                 raise ValueError(f"assets {seen[key]} and {a.id} share {a.host}:{a.port} "
                                  f"unit {a.unit_id}")
             seen[key] = a.id
+            if a.profile == SUNSPEC:
+                if a.kind != "pv":
+                    raise ValueError(f"asset {a.id}: profile 'sunspec' is supported for pv "
+                                     f"assets so far, not {a.kind}")
+                continue
             prof = load_profile(a.profile)
             if prof.kind != a.kind:
                 raise ValueError(f"asset {a.id} is a {a.kind} but profile {a.profile} is for "

@@ -26,7 +26,16 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
-from drivers import Device, DeviceError, ModbusConnection, PollClass, load_profile
+from drivers import (
+    Device,
+    DeviceError,
+    ModbusConnection,
+    PollClass,
+    Profile,
+    capabilities,
+    load_profile,
+    sunspec,
+)
 from forecasting import (
     Forecast,
     LoadForecaster,
@@ -36,7 +45,7 @@ from forecasting import (
     clear_sky_power_w,
     interval_clear_sky_power_w,
 )
-from vpp.config import BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
+from vpp.config import SUNSPEC, BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
 from vpp.dispatch import (
     BatteryModel,
     Dispatcher,
@@ -106,7 +115,9 @@ class Controller:
             if key not in self.connections:
                 self.connections[key] = ModbusConnection(host=a.host, port=a.port,
                                                          timeout_s=config.polling.timeout_s)
-            self.devices[a.id] = Device(asset_id=a.id, profile=load_profile(a.profile),
+            profile = (Profile(name=SUNSPEC, kind=a.kind, points=()) if a.profile == SUNSPEC
+                       else load_profile(a.profile))  # SunSpec: discovered at start
+            self.devices[a.id] = Device(asset_id=a.id, profile=profile,
                                         connection=self.connections[key], unit_id=a.unit_id,
                                         now=clock.now)
         self.pv: list[PvAsset] = config.of_kind("pv")
@@ -158,6 +169,7 @@ class Controller:
         self._mqtt_dropped_seen = 0
         self._inflight: dict[tuple[str, PollClass], asyncio.Task[Any]] = {}
         self._heartbeat = 0
+        self._written_at: dict[str, datetime] = {}
 
     # -- history ----------------------------------------------------------------------------
 
@@ -182,6 +194,7 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
         await self.load_history()
+        await self.discover()
         await asyncio.gather(*(d.poll(PollClass.ONCE) for d in self.devices.values()))
         await self.write_fallback_limits()
         beats = [d.profile.heartbeat.interval_s for d in self.devices.values()
@@ -244,7 +257,32 @@ class Controller:
         return {aid for aid, t in tasks.items()
                 if t in done and not t.cancelled() and t.exception() is None}
 
+    async def discover(self) -> None:
+        """Build the profiles of SunSpec devices from their model chains (retried later)."""
+        for a in self.config.assets:
+            dev = self.devices[a.id]
+            if a.profile != SUNSPEC or dev.profile.points:
+                continue
+            try:
+                blocks = await sunspec.discover(dev.connection, a.unit_id)
+            except DeviceError as exc:
+                log.warning("%s: SunSpec discovery failed: %s", a.id, exc)
+                continue
+            profile = sunspec.build_profile(blocks, kind=a.kind, name=SUNSPEC)
+            need = {"reads_active_power", "sets_active_power_limit"}
+            lacking = need - {c.value for c in profile.capabilities}
+            if lacking:
+                log.error("%s: SunSpec models %s lack %s; the asset is held", a.id,
+                          [b.model_id for b in blocks], sorted(lacking))
+                continue
+            self.devices[a.id] = Device(asset_id=a.id, profile=profile,
+                                        connection=dev.connection, unit_id=a.unit_id,
+                                        now=self.clock.now)
+            await self.devices[a.id].poll(PollClass.ONCE)
+            log.info("%s: SunSpec models %s", a.id, [b.model_id for b in blocks])
+
     async def slow_poll(self) -> None:
+        await self.discover()
         self._start_polls(PollClass.SLOW)
 
     async def write_fallback_limits(self) -> None:
@@ -327,7 +365,7 @@ class Controller:
         gens = []
         for g in self.generators:
             dev = self.devices[g.id]
-            out, limit = dev.value("active_power_w"), dev.value("active_power_limit_w")
+            out, limit = dev.value("active_power_w"), capabilities.active_power_limit_w(dev)
             usable = g.id in polled and out is not None and limit is not None
             if out is not None:
                 self._last_output[g.id] = out
@@ -359,12 +397,16 @@ class Controller:
                 self.metrics.fallbacks.inc()
         self._record(now, export)
 
-    def _unchanged(self, asset_id: str, new: float, point: str, scale: float) -> bool:
-        """A setpoint within the deadband of both what was written and what the device says."""
+    def _unchanged(self, asset_id: str, new: float, readback: float | None,
+                   scale: float) -> bool:
+        """A setpoint within the deadband of both what was written and what the device
+        says, and written recently enough that a reversion timer cannot lapse."""
         band = self.config.control.setpoint_deadband_ratio * scale
         written = self.state.written_w.get(asset_id)
-        readback = self.devices[asset_id].value(point)
-        return (written is not None and abs(new - written) <= band
+        at = self._written_at.get(asset_id)
+        fresh = at is not None and (self.clock.now() - at).total_seconds() < (
+            self.config.control.limit_revert_s / 3)
+        return (fresh and written is not None and abs(new - written) <= band
                 and readback is not None and abs(new - readback) <= band)
 
     async def _apply(self, cmd: Command, gens: list[GeneratorNow], bats: list[BatteryNow]) -> None:
@@ -373,14 +415,14 @@ class Controller:
         raise_: list[tuple[str, str, float]] = []
         for g in gens:
             new = cmd.limits_w[g.id]
-            if not g.controllable or self._unchanged(g.id, new, "active_power_limit_w",
-                                                     g.rated_power_w):
+            if not g.controllable or self._unchanged(g.id, new, g.limit_w, g.rated_power_w):
                 continue
             (lower if new < g.limit_w else raise_).append((g.id, "active_power_limit_w", new))
         for b in bats:
             new = cmd.battery_w[b.id]
             scale = max(b.max_charge_w, b.max_discharge_w, 1.0)
-            if not b.controllable or self._unchanged(b.id, new, "power_setpoint_w", scale):
+            readback = self.devices[b.id].value("power_setpoint_w")
+            if not b.controllable or self._unchanged(b.id, new, readback, scale):
                 continue
             (lower if new < b.power_w else raise_).append((b.id, "power_setpoint_w", new))
         ok = await asyncio.gather(*(self._write(a, p, v) for a, p, v in lower))
@@ -394,9 +436,14 @@ class Controller:
         m = self.metrics
         # verified by read-back, retried within half a control step (wall time)
         deadline_s = 0.5 * self.control_interval_s / self.clock.speed
+        dev = self.devices[asset_id]
         try:
-            res = await self.devices[asset_id].write(point, value, deadline_s=deadline_s,
-                                                     verify=verify)
+            if point == capabilities.LIMIT_W:
+                res = await capabilities.set_active_power_limit_w(
+                    dev, value, revert_s=self.config.control.limit_revert_s,
+                    deadline_s=deadline_s, verify=verify)
+            else:
+                res = await dev.write(point, value, deadline_s=deadline_s, verify=verify)
         except DeviceError as exc:
             log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
             if m is not None:
@@ -404,6 +451,7 @@ class Controller:
             return False
         if record:
             self.state.written_w[asset_id] = res.written
+            self._written_at[asset_id] = self.clock.now()
         if m is not None:
             m.writes[(asset_id, "clamped" if res.clamped else "ok")].inc()
         return True

@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from sim import SimClock, SimulatedPlant
-from sim.plant import VIOLATION_TOLERANCE_RATIO
+from sim.plant import VIOLATION_TOLERANCE_RATIO, RunStats
 from vpp.broker import port_is_free
 from vpp.config import SiteConfig
 from vpp.service import Services
@@ -80,6 +81,7 @@ class Demo:
         self._stop = asyncio.Event()
         self.wall_start = 0.0
         self.wall_end = 0.0
+        self._final: RunStats | None = None
 
     def history_frame(self) -> pd.DataFrame:
         """The plant's past days as interval means, as its historian would give them."""
@@ -141,19 +143,23 @@ class Demo:
     async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
         self.wall_end = time.monotonic()
+        # the run's books close now: what the plant does while the parts shut down after
+        # it is not part of the controlled run
+        self.sim.plant.advance_to(self.clock.time())
+        self._final = copy.deepcopy(self.sim.plant.finish())
         if self.services is not None:
             await self.services.__aexit__(None, None, None)
         await self.sim.__aexit__(None, None, None)
 
     def report(self) -> dict[str, Any]:
         """The run report: the simulated meter's view of the run."""
-        st = self.sim.plant.finish()
+        st = self._final or self.sim.plant.finish()
         ctrl = self.controller
         mqtt = self.services.mqtt if self.services else None
         return {
             "site": self.config.site.id,
             "start": self.start.isoformat(),
-            "end": datetime.fromtimestamp(self.sim.plant.t_s, UTC).isoformat(),
+            "end": (self.start + timedelta(seconds=st.sim_s)).isoformat(),
             "seed": self.seed,
             "speed": self.options.speed,
             "sim_hours": st.sim_s / 3600.0,

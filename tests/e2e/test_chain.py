@@ -202,3 +202,28 @@ async def test_the_controller_dies_and_the_devices_watchdogs_keep_the_cap(
     rep = demo.report()
     assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
     assert rep["cap_violation_s"] == 0
+
+
+async def test_a_sunspec_pv_inverter_is_discovered_and_limited(demo_config: SiteConfig) -> None:
+    """pv1 speaks SunSpec: the controller discovers its models, reads it through the house
+    names, and limits it with WMaxLimPct, its enable flag and reversion timer."""
+    cfg = midday(demo_config)
+    cfg = cfg.model_copy(update={"assets": tuple(
+        a.model_copy(update={"profile": "sunspec"}) if a.id == "pv1" else a
+        for a in cfg.assets)})
+    demo = Demo(cfg, DemoOptions(hours=1.5, speed=600.0, ephemeral_ports=True))
+    async with demo:
+        await asyncio.sleep(3.0)
+        dev = demo.controller.devices["pv1"]
+        assert dev.profile.name == "sunspec"
+        assert {"active_power_limit_pct", "active_power_w", "wmax_w"} <= set(dev.profile.aliases)
+        assert dev.value("active_power_w") is not None
+        plant = demo.sim.plant
+        assert plant.limit_enabled["pv1"]  # midday: pv1 is being limited through model 123
+        assert plant.limit_w["pv1"] < plant.rated_w["pv1"]
+        await demo.wait()
+    rep = demo.report()
+    assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
+    assert rep["cap_violation_s"] == 0
+    assert rep["max_export_w"] <= 1.01 * rep["export_cap_w"]
+    assert not demo.sim.plant.reverts  # refreshed before its reversion timer lapsed

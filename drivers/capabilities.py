@@ -1,0 +1,76 @@
+"""What the controller asks of a device, whatever its register map.
+
+The controller never writes vendor points by name for control: it sets an active-power
+limit in W, and this module turns that into what the device takes. A profile with a
+writable ``active_power_limit_w`` gets it directly. A SunSpec inverter (model 123) gets
+``WMaxLimPct`` in percent of ``WMax``, with ``WMaxLim_Ena`` set and the reversion timer
+``WMaxLimPct_RvrtTms`` written with every limit, so that the limit lapses if the
+controller stops refreshing it.
+"""
+
+from __future__ import annotations
+
+from drivers.connection import DeviceError
+from drivers.device import Device, WriteResult
+
+LIMIT_W = "active_power_limit_w"
+LIMIT_PCT = "active_power_limit_pct"
+LIMIT_ENABLE = "active_power_limit_enable"
+LIMIT_REVERT_S = "active_power_limit_revert_s"
+WMAX_W = "wmax_w"
+RATED_W = "rated_power_w"
+
+
+class CapabilityError(DeviceError):
+    """The device cannot do what was asked (its profile lacks the points)."""
+
+
+def _alias(dev: Device, house: str) -> str | None:
+    a = dev.profile.aliases.get(house)
+    return None if a is None else a.point
+
+
+def _has_point(dev: Device, name: str) -> bool:
+    return any(p.name == name for p in dev.profile.points)
+
+
+def limit_base_w(dev: Device) -> float | None:
+    """What 100 % means for a percentage limit [W]: WMax, else the rating."""
+    return dev.value(WMAX_W) or dev.value(RATED_W)
+
+
+def active_power_limit_w(dev: Device) -> float | None:
+    """The limit in force as the device reports it [W]; None when unknown."""
+    if _has_point(dev, LIMIT_W):
+        return dev.value(LIMIT_W)
+    pct, base = dev.value(LIMIT_PCT), limit_base_w(dev)
+    if pct is None or base is None:
+        return None
+    enabled = dev.value(LIMIT_ENABLE)
+    return base * pct / 100.0 if enabled == 1 else base
+
+
+async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: float,
+                                   deadline_s: float | None = None,
+                                   verify: bool = True) -> WriteResult:
+    """Set the device's active-power limit [W]; the result is in W."""
+    if _has_point(dev, LIMIT_W):
+        return await dev.write(LIMIT_W, value_w, deadline_s=deadline_s, verify=verify)
+    pct_point = _alias(dev, LIMIT_PCT)
+    if pct_point is None:
+        raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} cannot set an "
+                              "active-power limit")
+    base = limit_base_w(dev)
+    if not base:
+        raise CapabilityError(f"{dev.asset_id}: WMax or the rated power has not been read; "
+                              "cannot turn W into percent")
+    revert = _alias(dev, LIMIT_REVERT_S)
+    if revert is not None:
+        await dev.write(revert, revert_s, deadline_s=deadline_s, verify=verify)
+    res = await dev.write(pct_point, 100.0 * value_w / base, deadline_s=deadline_s,
+                          verify=verify)
+    enable = _alias(dev, LIMIT_ENABLE)
+    if enable is not None and dev.value(LIMIT_ENABLE) != 1:
+        await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
+    return WriteResult(LIMIT_W, value_w, res.written * base / 100.0, res.clamped,
+                       res.attempts)

@@ -194,6 +194,8 @@ class ControlSection(_Frozen):
 class PollingSection(_Frozen):
     timeout_s: float = Field(default=1.0, gt=0, le=30)
     slow_interval_s: float = Field(default=60.0, gt=0)
+    max_connections: int = Field(default=64, ge=1, le=10_000)
+    sample_queue_size: int = Field(default=100_000, ge=100)
 
 
 class MqttSection(_Frozen):

@@ -32,6 +32,8 @@ from drivers import (
     ModbusConnection,
     PollClass,
     Profile,
+    Sample,
+    SampleQueue,
     capabilities,
     load_profile,
     sunspec,
@@ -110,16 +112,20 @@ class Controller:
         self.state = ControllerState()
         self.connections: dict[tuple[str, int], ModbusConnection] = {}
         self.devices: dict[str, Device] = {}
+        # every sample, stamped at its read, goes through one bounded queue to storage
+        self.samples = SampleQueue(maxlen=config.polling.sample_queue_size)
+        limiter = asyncio.Semaphore(config.polling.max_connections)
         for a in config.assets:
             key = (a.host, a.port)
             if key not in self.connections:
                 self.connections[key] = ModbusConnection(host=a.host, port=a.port,
-                                                         timeout_s=config.polling.timeout_s)
+                                                         timeout_s=config.polling.timeout_s,
+                                                         limiter=limiter)
             profile = (Profile(name=SUNSPEC, kind=a.kind, points=()) if a.profile == SUNSPEC
                        else load_profile(a.profile))  # SunSpec: discovered at start
             self.devices[a.id] = Device(asset_id=a.id, profile=profile,
                                         connection=self.connections[key], unit_id=a.unit_id,
-                                        now=clock.now)
+                                        now=clock.now, sink=self.samples)
         self.pv: list[PvAsset] = config.of_kind("pv")
         self.wind: list[WindAsset] = config.of_kind("wind")
         self.generators: list[PvAsset | WindAsset] = [*self.pv, *self.wind]
@@ -163,7 +169,7 @@ class Controller:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="vpp-storage")
         self._next_forecast: datetime | None = None
         self._next_fit: datetime | None = None
-        self._next_telemetry: datetime | None = None
+        self._stored: dict[tuple[str, str], Sample] = {}
         self._next_publish_wall = 0.0
         self._last_output: dict[str, float] = {}
         self._mqtt_dropped_seen = 0
@@ -277,7 +283,7 @@ class Controller:
                 continue
             self.devices[a.id] = Device(asset_id=a.id, profile=profile,
                                         connection=dev.connection, unit_id=a.unit_id,
-                                        now=self.clock.now)
+                                        now=self.clock.now, sink=self.samples)
             await self.devices[a.id].poll(PollClass.ONCE)
             log.info("%s: SunSpec models %s", a.id, [b.model_id for b in blocks])
 
@@ -476,12 +482,26 @@ class Controller:
         if self.storage is not None and closed:
             self._store(self.storage.write_interval_means, closed)
         self._update_metrics(export)
-        if self._next_telemetry is None or now >= self._next_telemetry:
-            self._next_telemetry = now + timedelta(seconds=self.config.storage.telemetry_interval_s)
-            if self.storage is not None:
-                samples = [s for d in self.devices.values() for s in d.latest.values()]
-                self._store(self.storage.write_telemetry, samples)
+        self._store_samples()
         self._publish_telemetry(now)
+
+    def _store_samples(self) -> None:
+        """Drain the sample queue into storage: a point is stored once per
+        ``storage.telemetry_interval_s``, and at once whenever its quality changes."""
+        batch = self.samples.take()
+        if self.storage is None or not batch:
+            return
+        every_s = self.config.storage.telemetry_interval_s
+        keep = []
+        for s in batch:
+            key = (s.asset_id, s.point)
+            last = self._stored.get(key)
+            if last is None or last.quality != s.quality or (
+                    (s.ts - last.ts).total_seconds() >= every_s):
+                self._stored[key] = s
+                keep.append(s)
+        if keep:
+            self._store(self.storage.write_telemetry, keep)
 
     def _update_metrics(self, export: float | None) -> None:
         m = self.metrics

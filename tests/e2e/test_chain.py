@@ -62,6 +62,11 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
             schedule = await http.get("/api/v1/schedule")
             metrics = (await http.get("/metrics")).text
             openapi = (await http.get("/api/v1/openapi.json")).json()
+        assert svc.storage is not None
+        stored = await asyncio.to_thread(svc.storage.count, "telemetry")
+        # sampled through the bounded queue, one row per point per simulated minute
+        assert stored >= 5 * 30
+        assert demo.controller.samples.dropped == 0
         await demo.wait()
         sub.cancel()
         await asyncio.gather(sub, return_exceptions=True)

@@ -1,0 +1,1 @@
+"""Benchmarks; not part of the package and not run in CI (`make bench`)."""

@@ -9,12 +9,12 @@ the others going; one that never answers delays them by the request timeout.)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from drivers.connection import DeviceError
 from drivers.device import Device
@@ -35,10 +35,27 @@ async def _wall_sleep(seconds: float) -> None:
     await asyncio.sleep(seconds)
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, rounds: int = 100) -> None:
+    """Cancel tasks and wait until they have ended.
+
+    One cancel() is not always enough on Python 3.11: ``asyncio.wait_for`` (which pymodbus
+    uses for each reply) drops a cancellation that arrives as the reply does, and the task
+    goes on. So cancel again until every task is done (bounded).
+    """
+    for _ in range(rounds):
+        pending = [t for t in tasks if not t.done()]
+        if not pending:
+            return
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    log.error("%d task(s) would not stop", sum(1 for t in tasks if not t.done()))
+
+
 class Poller:
     """Polls devices: fast and slow classes at their intervals, ``once`` at the start.
 
-    ``sleep`` is the clock's sleep in its own seconds (simulated or real). Use as an async
+    ``sleep`` and ``time`` are the clock's, in its own seconds (simulated or real). Use as an async
     context manager; ``stats`` keeps the poll count and durations per device.
     """
 
@@ -46,11 +63,13 @@ class Poller:
                  slow_interval_s: float = 60.0, classes: tuple[PollClass, ...] = (
                      PollClass.ONCE, PollClass.FAST, PollClass.SLOW),
                  sleep: Callable[[float], Awaitable[None]] = _wall_sleep,
+                 time: Callable[[], float] = time.monotonic,
                  keep_durations: int = 1000) -> None:
         self.devices = devices
         self.intervals = {PollClass.FAST: fast_interval_s, PollClass.SLOW: slow_interval_s}
         self.classes = classes
         self.sleep = sleep
+        self.time = time
         self.keep_durations = keep_durations
         self.stats = {d.asset_id: PollStats() for d in devices}
         self._tasks: list[asyncio.Task[None]] = []
@@ -71,32 +90,34 @@ class Poller:
             if len(st.durations_s) > self.keep_durations:
                 del st.durations_s[: len(st.durations_s) - self.keep_durations]
 
-    async def _run_device(self, dev: Device) -> None:
+    async def _run_device(self, dev: Device, offset: float) -> None:
+        if offset > 0:  # spread the devices over the interval, not all at once
+            await self.sleep(offset)
         if PollClass.ONCE in self.classes:
             await self._poll(dev, PollClass.ONCE)
         periodic = [pc for pc in (PollClass.FAST, PollClass.SLOW) if pc in self.classes]
         if not periodic:
             return
-        base = min(self.intervals[pc] for pc in periodic)
-        elapsed = {pc: self.intervals[pc] for pc in periodic}  # due at once
+        # fixed rate: each class is due at start + k × its interval; a poll that runs late
+        # skips the slots it missed instead of bursting to catch up
+        due = dict.fromkeys(periodic, self.time())
         while True:
             for pc in periodic:
-                if elapsed[pc] >= self.intervals[pc] - 1e-9:
-                    elapsed[pc] = 0.0
+                if self.time() >= due[pc] - 1e-9:
                     await self._poll(dev, pc)
-            await self.sleep(base)
-            for pc in periodic:
-                elapsed[pc] += base
+                    due[pc] += self.intervals[pc]
+                    if due[pc] < self.time():
+                        due[pc] = self.time() + self.intervals[pc]
+            await self.sleep(max(0.0, min(due.values()) - self.time()))
 
     async def __aenter__(self) -> Poller:
-        self._tasks = [asyncio.create_task(self._run_device(d), name=f"poll.{d.asset_id}")
-                       for d in self.devices]
+        fast = self.intervals[PollClass.FAST]
+        n = max(1, len(self.devices))
+        self._tasks = [asyncio.create_task(self._run_device(d, fast * i / n),
+                                           name=f"poll.{d.asset_id}")
+                       for i, d in enumerate(self.devices)]
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(self._tasks)

@@ -59,7 +59,11 @@ def _run(coro: Any) -> Any:
                 loop.add_signal_handler(sig, task.cancel)
         return await coro
     try:
-        return asyncio.run(main())
+        try:
+            import uvloop  # the optional 'fast' extra: a faster event loop
+        except ImportError:
+            return asyncio.run(main())
+        return uvloop.run(main())
     except asyncio.CancelledError:
         return None
 

@@ -38,6 +38,7 @@ from drivers import (
     load_profile,
     sunspec,
 )
+from drivers.poller import cancel_and_wait
 from forecasting import (
     Forecast,
     LoadForecaster,
@@ -310,9 +311,7 @@ class Controller:
             for aid, d in self.devices.items() if d.profile.heartbeat is not None))
 
     async def close(self) -> None:
-        for t in self._inflight.values():
-            t.cancel()
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        await cancel_and_wait(list(self._inflight.values()))
         for c in self.connections.values():
             c.close()
         loop = asyncio.get_running_loop()

@@ -10,6 +10,8 @@ controller stops refreshing it.
 
 from __future__ import annotations
 
+import logging
+
 from drivers.connection import DeviceError
 from drivers.device import Device, WriteResult
 
@@ -17,8 +19,13 @@ LIMIT_W = "active_power_limit_w"
 LIMIT_PCT = "active_power_limit_pct"
 LIMIT_ENABLE = "active_power_limit_enable"
 LIMIT_REVERT_S = "active_power_limit_revert_s"
+LIMIT_WINDOW_S = "active_power_limit_window_s"
+LIMIT_RAMP_S = "active_power_limit_ramp_s"
 WMAX_W = "wmax_w"
 RATED_W = "rated_power_w"
+
+
+log = logging.getLogger(__name__)
 
 
 class CapabilityError(DeviceError):
@@ -50,6 +57,19 @@ def active_power_limit_w(dev: Device) -> float | None:
     return base * pct / 100.0 if enabled == 1 else base
 
 
+async def make_limits_immediate(dev: Device) -> None:
+    """Zero a SunSpec device's limit window and ramp times, so a limit acts at once (a
+    random window or a ramp would let export run over the cap while read-back passes)."""
+    for house in (LIMIT_WINDOW_S, LIMIT_RAMP_S):
+        point = _alias(dev, house)
+        if point is not None and dev.value(house) != 0:
+            try:
+                await dev.write(point, 0.0)
+            except DeviceError as exc:
+                log.warning("%s: cannot zero %s (%s): its limits may act late", dev.asset_id,
+                            point, exc)
+
+
 async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: float,
                                    deadline_s: float | None = None,
                                    verify: bool = True) -> WriteResult:
@@ -70,7 +90,7 @@ async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: flo
     res = await dev.write(pct_point, 100.0 * value_w / base, deadline_s=deadline_s,
                           verify=verify)
     enable = _alias(dev, LIMIT_ENABLE)
-    if enable is not None and dev.value(LIMIT_ENABLE) != 1:
+    if enable is not None:  # always: on some devices this write arms the reversion timer
         await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
     return WriteResult(LIMIT_W, value_w, res.written * base / 100.0, res.clamped,
                        res.attempts)

@@ -323,6 +323,8 @@ CONTROL_NAMES: dict[tuple[int, str], str] = {
     (123, "WMaxLimPct"): "active_power_limit_pct",
     (123, "WMaxLim_Ena"): "active_power_limit_enable",
     (123, "WMaxLimPct_RvrtTms"): "active_power_limit_revert_s",
+    (123, "WMaxLimPct_WinTms"): "active_power_limit_window_s",
+    (123, "WMaxLimPct_RmpTms"): "active_power_limit_ramp_s",
     (121, "WMax"): "wmax_w",
     (122, "WAval"): "available_power_w",
 }

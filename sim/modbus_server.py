@@ -81,7 +81,7 @@ class SimUnit:
         order = self.profile.order_of(p)
         if value == SENTINEL or (isinstance(value, float) and math.isnan(value)
                                  and p.type is not RegisterType.F32):
-            raw = TYPE_TABLE[p.type].not_implemented
+            raw = p.invalid[0] if p.invalid else TYPE_TABLE[p.type].not_implemented
             if raw is None:
                 return encode(math.nan, p.type, order, p.length)
             return encode(raw, p.type, order, p.length)
@@ -213,7 +213,9 @@ class ModbusTcpDeviceServer:
                 if fault is not None and fault.kind is FaultKind.EXCEPTION:
                     reply = struct.pack(">BB", pdu[0] | 0x80, fault.code)
                 elif fault is not None and fault.kind is FaultKind.FROZEN:
-                    reply = self._frozen.setdefault((unit_id, pdu), self._pdu(unit_id, pdu))
+                    cached = self._frozen.get((unit_id, pdu))  # writes are not applied
+                    reply = cached if cached is not None else struct.pack(
+                        ">BB", pdu[0] | 0x80, DEVICE_FAILURE)
                 else:
                     reply = self._pdu(unit_id, pdu)
                     if pdu[0] in (3, 4):

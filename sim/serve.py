@@ -60,7 +60,7 @@ class SimulatedPlant:
         """A PV plant as a SunSpec inverter: 103 measurements, 120/121 ratings, 122 available
         power, 123 limit in percent of WMax with its enable flag and reversion timer."""
         plant = self.plant
-        ctl = {"pct": 100.0, "revert_s": 0.0}
+        ctl = {"pct": 100.0, "revert_s": 0.0, "window_s": 0.0, "ramp_s": 0.0}
 
         def values() -> dict[str, float]:
             plant.advance_to(self.clock.time())
@@ -75,6 +75,8 @@ class SimulatedPlant:
                     "m122_waval": v["available_power_w"], "m122_waval_sf": 4.0,
                     "m123_wmaxlimpct": ctl["pct"], "m123_wmaxlimpct_sf": -2.0,
                     "m123_wmaxlimpct_rvrttms": ctl["revert_s"],
+                    "m123_wmaxlimpct_wintms": ctl["window_s"],
+                    "m123_wmaxlimpct_rmptms": ctl["ramp_s"],
                     "m123_wmaxlim_ena": 1.0 if plant.limit_enabled[asset_id] else 0.0}
 
         def on_write(point: str, value: float) -> None:
@@ -87,6 +89,9 @@ class SimulatedPlant:
                 ctl["revert_s"] = value
             elif point == "m123_wmaxlim_ena":
                 enabled = value == 1
+            elif point in ("m123_wmaxlimpct_wintms", "m123_wmaxlimpct_rmptms"):
+                ctl["window_s" if point.endswith("wintms") else "ramp_s"] = value
+                return  # the simulated inverter acts at once either way
             else:
                 return
             plant.set_limit(asset_id, rated * ctl["pct"] / 100.0 if enabled else None,

@@ -312,6 +312,10 @@ class SiteConfig(_Frozen):
             if lacking:
                 raise ValueError(f"profile {a.profile} of asset {a.id} lacks what a {a.kind} "
                                  f"needs: {sorted(c.value for c in lacking)}")
+        endpoints = {(a.host, a.port) for a in self.assets}
+        if len(endpoints) > self.polling.max_connections:
+            raise ValueError(f"{len(endpoints)} host:port endpoints need as many connections; "
+                             f"polling.max_connections is {self.polling.max_connections}")
         fc, d = self.forecasting, self.dispatch
         if d.step_s != fc.step_s:
             raise ValueError(f"dispatch.step_s ({d.step_s}) must equal forecasting.step_s "

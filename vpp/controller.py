@@ -201,7 +201,10 @@ class Controller:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
         await self.load_history()
-        await self.discover()
+        try:
+            await self.discover()
+        except Exception:  # never fatal: undiscovered devices are held, and retried
+            log.exception("SunSpec discovery failed; retried on the slow poll")
         await asyncio.gather(*(d.poll(PollClass.ONCE) for d in self.devices.values()))
         await self.write_fallback_limits()
         beats = [d.profile.heartbeat.interval_s for d in self.devices.values()
@@ -244,21 +247,33 @@ class Controller:
             if nxt < self.clock.now():  # too far behind: skip missed steps, do not burst
                 nxt = self.clock.now()
 
+    def _poll_done(self, t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.error("%s failed: %r", t.get_name(), t.exception())
+            if self.metrics is not None:
+                self.metrics.loop_errors.labels(self.config.site.id, "poll").inc()
+
     def _start_polls(self, poll_class: PollClass) -> dict[str, asyncio.Task[Any]]:
-        """A poll task per device; a device whose last poll still runs is not asked again."""
+        """A new poll task per device whose last poll has ended (only those are returned):
+        a device still busy with an older poll is not asked again, and its late answer,
+        read before this step's writes, is not taken as this step's."""
         tasks = {}
         for aid, dev in self.devices.items():
             t = self._inflight.get((aid, poll_class))
             if t is None or t.done():
                 t = asyncio.create_task(dev.poll(poll_class), name=f"vpp.poll.{aid}")
+                t.add_done_callback(self._poll_done)
                 self._inflight[(aid, poll_class)] = t
-            tasks[aid] = t
+                tasks[aid] = t
         return tasks
 
     async def _poll_fast(self) -> set[str]:
         """Poll every device's fast points, waiting at most a share of the control step;
-        returns the devices read in time (a slow or dead one cannot stall the others)."""
+        returns the devices read in time by a poll of this step (a slow or dead one cannot
+        stall the others, and is held)."""
         tasks = self._start_polls(PollClass.FAST)
+        if not tasks:
+            return set()
         deadline_s = max(0.05, 0.8 * self.control_interval_s / self.clock.speed)
         done, _ = await asyncio.wait(tasks.values(), timeout=deadline_s)
         return {aid for aid, t in tasks.items()
@@ -282,28 +297,52 @@ class Controller:
                 log.error("%s: SunSpec models %s lack %s; the asset is held", a.id,
                           [b.model_id for b in blocks], sorted(lacking))
                 continue
-            self.devices[a.id] = Device(asset_id=a.id, profile=profile,
-                                        connection=dev.connection, unit_id=a.unit_id,
-                                        now=self.clock.now, sink=self.samples)
-            await self.devices[a.id].poll(PollClass.ONCE)
+            new = Device(asset_id=a.id, profile=profile, connection=dev.connection,
+                         unit_id=a.unit_id, now=self.clock.now, sink=self.samples)
+            await new.poll(PollClass.ONCE)
+            await new.poll(PollClass.FAST)
+            await capabilities.make_limits_immediate(new)
+            self.devices[a.id] = new
             log.info("%s: SunSpec models %s", a.id, [b.model_id for b in blocks])
 
     async def slow_poll(self) -> None:
         await self.discover()
+        for d in self.devices.values():
+            d.unsupported.clear()  # a refusal may have been passing (a device booting)
         self._start_polls(PollClass.SLOW)
+        await self.write_fallback_limits(only_if_changed=True)
 
-    async def write_fallback_limits(self) -> None:
+    async def write_fallback_limits(self, *, only_if_changed: bool = False) -> None:
         """Give each generator that has one a fallback limit: its share of the cap, applied
-        by the device itself if heartbeats stop, so a dead controller still keeps the cap."""
-        with_fallback = [g for g in self.generators if any(
-            p.name == "fallback_limit_w" for p in self.devices[g.id].profile.points)]
+        by the device itself if heartbeats stop, so a dead controller still keeps the cap.
+        Generators without a fallback may run at full power then: their rating comes off
+        the budget first. Re-asserted on every slow poll (a device may have rebooted)."""
+        has = {g.id: any(p.name == "fallback_limit_w" for p in self.devices[g.id].profile.points)
+               for g in self.generators}
+        with_fallback = [g for g in self.generators if has[g.id]]
+        if not with_fallback:
+            return
+        budget = self.config.pcc.export_cap_w * (1.0 - self.config.control.margin_ratio) - sum(
+            g.rated_power_w for g in self.generators if not has[g.id])
+        if budget <= 0:
+            log.error("generators without a fallback limit can exceed the cap on their own "
+                      "if the controller stops; the others fall back to 0")
         total = sum(g.rated_power_w for g in with_fallback)
-        budget = self.config.pcc.export_cap_w * (1.0 - self.config.control.margin_ratio)
         for g in with_fallback:
-            await self._write(g.id, "fallback_limit_w", budget * g.rated_power_w / total,
-                              record=False)
+            share = max(0.0, budget) * g.rated_power_w / total
+            now = self.devices[g.id].value("fallback_limit_w")
+            if only_if_changed and now is not None and abs(now - share) <= 0.01 * share + 1:
+                continue
+            await self._write(g.id, "fallback_limit_w", share, record=False)
 
     async def heartbeat_step(self) -> None:
+        """Beat only while control works: no successful step for 3 intervals, no beat, and
+        the devices' watchdogs take over."""
+        last = self.state.last_step_at
+        if last is None or (self.clock.now() - last).total_seconds() > 3 * max(
+                self.control_interval_s, 1.0):
+            log.warning("no control step succeeded lately: heartbeat withheld")
+            return
         self._heartbeat = (self._heartbeat + 1) % 0x10000
         await asyncio.gather(*(
             self._write(aid, d.profile.heartbeat.point, float(self._heartbeat), record=False,
@@ -449,7 +488,7 @@ class Controller:
                     deadline_s=deadline_s, verify=verify)
             else:
                 res = await dev.write(point, value, deadline_s=deadline_s, verify=verify)
-        except DeviceError as exc:
+        except (DeviceError, ValueError, PermissionError, KeyError) as exc:
             log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
             if m is not None:
                 m.writes[(asset_id, "failed")].inc()

@@ -17,7 +17,9 @@ from sim.spec import PlantSpec
 from sim.weather import MINUTES_PER_DAY, Weather
 
 VIOLATION_TOLERANCE_RATIO = 0.01  # export above cap × (1 + this) counts as a violation
-WATCHDOG_TIMEOUT_S = 30.0  # a device armed by a heartbeat falls back after this silence
+# a device armed by a heartbeat falls back after this silence (plant controllers use
+# minutes; much shorter and an accelerated run's normal event-loop pauses trip it)
+WATCHDOG_TIMEOUT_S = 120.0
 
 
 @dataclass

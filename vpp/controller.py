@@ -336,11 +336,11 @@ class Controller:
             await self._write(g.id, "fallback_limit_w", share, record=False)
 
     async def heartbeat_step(self) -> None:
-        """Beat only while control works: no successful step for 3 intervals, no beat, and
-        the devices' watchdogs take over."""
+        """Beat only while control works: no successful step for a minute (half a typical
+        device watchdog), no beat, and the devices' watchdogs take over."""
         last = self.state.last_step_at
-        if last is None or (self.clock.now() - last).total_seconds() > 3 * max(
-                self.control_interval_s, 1.0):
+        if last is None or (self.clock.now() - last).total_seconds() > max(
+                60.0, 3 * self.control_interval_s):
             log.warning("no control step succeeded lately: heartbeat withheld")
             return
         self._heartbeat = (self._heartbeat + 1) % 0x10000

@@ -2,7 +2,7 @@
 
 A stub connection hands back the benchmark device's 60 registers (see
 ``bench.modbus_poll``) at once, so no socket, pymodbus or event-loop wait is timed: only
-``Device.poll`` itself (per-point decode, scale factors, quality, ``Sample`` objects). The
+``Device.poll`` itself (block decode, scale factors, quality checks, the latest values). The
 difference to the client CPU per poll of ``bench.modbus_poll`` is the cost of the request
 path (``ModbusConnection``, pymodbus, asyncio).
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import struct
 import sys
 import time
 from datetime import UTC, datetime
@@ -34,11 +35,15 @@ class StubConnection:
 
     timeout_s = 1.0
 
-    def __init__(self, words: list[int]) -> None:
+    def __init__(self, words: list[int], unit_id: int) -> None:
         self.words = words
+        self.unit_id = unit_id
 
-    async def read(self, table: Table, address: int, count: int, unit_id: int) -> list[int]:
-        return list(self.words[address : address + count])
+    async def read_bytes(self, table: Table, address: int, count: int, unit_id: int) -> bytes:
+        """The reply frame a device would send (MBAP header, function, byte count, data)."""
+        fc = 3 if table is Table.HOLDING else 4
+        return (struct.pack(">HHHBBB", 1, 0, 3 + 2 * count, unit_id, fc, 2 * count)
+                + struct.pack(f">{count}H", *self.words[address : address + count]))
 
 
 async def cpu_per_poll(polls: int) -> float:
@@ -46,7 +51,7 @@ async def cpu_per_poll(polls: int) -> float:
     profile = bench_profile()
     unit = ConstantUnit(profile, partial(unit_values, profile, UNIT_ID), _ignore_write)
     count = sum(p.registers for p in profile.points)
-    conn = StubConnection(unit.read(Table.INPUT, 0, count))
+    conn = StubConnection(unit.read(Table.INPUT, 0, count), UNIT_ID)
     dev = Device(asset_id="bench", profile=profile, connection=conn,  # type: ignore[arg-type]
                  unit_id=UNIT_ID, now=partial(datetime.now, UTC))
     out = await dev.poll(PollClass.FAST)

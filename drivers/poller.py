@@ -38,9 +38,9 @@ async def _wall_sleep(seconds: float) -> None:
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], *, rounds: int = 100) -> None:
     """Cancel tasks and wait until they have ended.
 
-    One cancel() is not always enough on Python 3.11: ``asyncio.wait_for`` (which pymodbus
-    uses for each reply) drops a cancellation that arrives as the reply does, and the task
-    goes on. So cancel again until every task is done (bounded).
+    A task can swallow one cancellation (Python 3.11's ``asyncio.wait_for`` drops a cancel
+    that arrives as its result does; code a task awaits may use it), so cancel again until
+    every task is done, a bounded number of times.
     """
     for _ in range(rounds):
         pending = [t for t in tasks if not t.done()]

@@ -2,8 +2,9 @@
 
 Why not pymodbus' server: it costs 115-330 µs of CPU per request here (3-6× a lean
 server), its datastore API is being replaced for v4, and the simulator needs full control
-of the request path to inject faults. The drivers talk to it with pymodbus' client, an
-independent implementation, so the framing is checked on every request.
+of the request path to inject faults. pymodbus' client, an independent implementation,
+reads and writes it in ``tests/drivers/test_pymodbus_peer.py``, so its framing is checked
+against a peer (and the drivers' own client is checked against pymodbus' server there).
 
 Supported: function codes 3 (read holding), 4 (read input), 6 (write single register) and
 16 (write multiple registers); several unit ids behind one port (a gateway). Exception

@@ -58,9 +58,9 @@ async def probe(url: str, profile_name: str, console: Console, *, timeout_s: flo
             profile = load_profile(profile_name)
         dev = Device(asset_id="probe", profile=profile, connection=conn,
                      unit_id=target.unit_id, now=lambda: datetime.now(UTC))
-        samples = {}
         for pc in (PollClass.ONCE, PollClass.SLOW, PollClass.FAST):
-            samples.update(await dev.poll(pc))
+            await dev.poll(pc)
+        samples = dev.latest
         t = RichTable("point", "value", "unit", "quality", "table", "address", "type",
                       title=f"{url}  profile {profile.name}  health {dev.health.value}")
         for p in sorted(profile.points, key=lambda p: (p.table.value, p.address)):

@@ -190,7 +190,7 @@ async def test_huawei_markers_gains_and_signs_on_the_wire() -> None:
     dev = Device(asset_id="inv", profile=profile, connection=conn, unit_id=1,
                  now=lambda: datetime.now(UTC))
     try:
-        s = await dev.poll(PollClass.FAST)
+        s = dict(await dev.poll(PollClass.FAST))
         s.update(await dev.poll(PollClass.SLOW))
     finally:
         conn.close()

@@ -2,10 +2,16 @@
 
 The controller never writes vendor points by name for control: it sets an active-power
 limit in W, and this module turns that into what the device takes. A profile with a
-writable ``active_power_limit_w`` gets it directly. A SunSpec inverter (model 123) gets
-``WMaxLimPct`` in percent of ``WMax``, with ``WMaxLim_Ena`` set and the reversion timer
-``WMaxLimPct_RvrtTms`` written with every limit, so that the limit lapses if the
-controller stops refreshing it.
+writable ``active_power_limit_w`` gets it directly. A SunSpec inverter gets ``WMaxLimPct``
+in percent of ``WMax``, with its enable flag set and its reversion timer written with every
+limit, so that the limit lapses if the controller stops refreshing it: model 704
+(``WMaxLimPctEna``, ``WMaxLimPctRvrtTms``) where the device has it, else model 123
+(``WMaxLim_Ena``, ``WMaxLimPct_RvrtTms``).
+
+What a lapsed limit leaves is the device's *fallback limit*: a generic profile's
+``fallback_limit_w`` (applied when heartbeats stop), or model 704's reversion values
+``WMaxLimPctRvrt`` with ``WMaxLimPctEnaRvrt`` = 1. Model 123 has none: its limit simply
+lifts, so a 123-only inverter cannot keep the cap on its own when the controller dies.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ LIMIT_WINDOW_S = "active_power_limit_window_s"
 LIMIT_RAMP_S = "active_power_limit_ramp_s"
 WMAX_W = "wmax_w"
 RATED_W = "rated_power_w"
+FALLBACK_W = "fallback_limit_w"
+FALLBACK_PCT = "fallback_limit_pct"
+FALLBACK_ENABLE = "fallback_limit_enable"
 
 
 log = logging.getLogger(__name__)
@@ -93,4 +102,39 @@ async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: flo
     if enable is not None:  # always: on some devices this write arms the reversion timer
         await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
     return WriteResult(LIMIT_W, value_w, res.written * base / 100.0, res.clamped,
+                       res.attempts)
+
+
+def has_fallback_limit(dev: Device) -> bool:
+    """Whether the device applies a limit of its own when the controller goes silent."""
+    return _has_point(dev, FALLBACK_W) or _alias(dev, FALLBACK_PCT) is not None
+
+
+def fallback_limit_w(dev: Device) -> float | None:
+    """The fallback limit the device holds [W]; None when unknown or not enabled."""
+    if _has_point(dev, FALLBACK_W):
+        return dev.value(FALLBACK_W)
+    pct, base = dev.value(FALLBACK_PCT), limit_base_w(dev)
+    if pct is None or base is None or dev.value(FALLBACK_ENABLE) != 1:
+        return None
+    return base * pct / 100.0
+
+
+async def set_fallback_limit_w(dev: Device, value_w: float, *, deadline_s: float | None = None,
+                               verify: bool = True) -> WriteResult:
+    """Set the limit the device falls back to on its own [W]; the result is in W."""
+    if _has_point(dev, FALLBACK_W):
+        return await dev.write(FALLBACK_W, value_w, deadline_s=deadline_s, verify=verify)
+    pct_point, enable = _alias(dev, FALLBACK_PCT), _alias(dev, FALLBACK_ENABLE)
+    if pct_point is None or enable is None:
+        raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} has no fallback "
+                              "limit")
+    base = limit_base_w(dev)
+    if not base:
+        raise CapabilityError(f"{dev.asset_id}: WMax or the rated power has not been read; "
+                              "cannot turn W into percent")
+    res = await dev.write(pct_point, 100.0 * value_w / base, deadline_s=deadline_s,
+                          verify=verify)
+    await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
+    return WriteResult(FALLBACK_W, value_w, res.written * base / 100.0, res.clamped,
                        res.attempts)

@@ -95,7 +95,16 @@ class ModelDef:
     name: str
     length: int
     points: tuple[PointDef, ...]  # pads included (they take registers)
-    group_counts: tuple[int | str | None, ...]  # "count" of each nested group
+    # the points of nested groups of fixed count (704's PFWInj...), laid out after the fixed
+    # group; None when a nested group's count is set by a point (it has no fixed layout).
+    # Repeating groups (count 0) take no registers here.
+    tail: tuple[PointDef, ...] | None = ()
+
+    @property
+    def full_length(self) -> int | None:
+        """L of a device that implements the fixed group, the fixed-count nested groups and
+        no repetition [registers]; None when that is not fixed."""
+        return None if self.tail is None else self.length + sum(p.size for p in self.tail)
 
     def point(self, name: str) -> PointDef:
         for p in self.points:
@@ -134,17 +143,32 @@ def model_def(model_id: int) -> ModelDef:
     raw_points = group["points"]
     if [p["name"] for p in raw_points[:2]] != ["ID", "L"]:
         raise ValueError(f"SunSpec model {model_id}: the fixed group must start with ID, L")
-    points: list[PointDef] = []
-    offset = 0
-    for p in raw_points[2:]:
-        size = int(p["size"])
-        points.append(PointDef(
-            name=p["name"], type=p["type"], offset=offset, size=size, sf=_sf(p.get("sf")),
-            units=p.get("units", ""), writable=p.get("access") == "RW",
-            label=p.get("label", "")))
-        offset += size
-    return ModelDef(id=model_id, name=group["name"], length=offset, points=tuple(points),
-                    group_counts=tuple(g.get("count") for g in group.get("groups", ())))
+    def defs(raw: list[dict[str, Any]], at: int, prefix: str = "") -> list[PointDef]:
+        out = []
+        for p in raw:
+            size = int(p["size"])
+            out.append(PointDef(
+                name=prefix + p["name"], type=p["type"], offset=at, size=size,
+                sf=_sf(p.get("sf")), units=p.get("units", ""),
+                writable=p.get("access") == "RW", label=p.get("label", "")))
+            at += size
+        return out
+
+    points = defs(raw_points[2:], 0)
+    length = sum(p.size for p in points)
+    tail: list[PointDef] | None = []
+    for g in group.get("groups", ()):
+        count = 1 if g.get("count") is None else g["count"]
+        if count == 0:
+            continue  # repeating: none laid out
+        if not isinstance(count, int) or g.get("groups") or tail is None:
+            tail = None
+            continue
+        for _ in range(count):
+            at = length + sum(p.size for p in tail)
+            tail += defs(g["points"], at, prefix=f"{g['name']}.")
+    return ModelDef(id=model_id, name=group["name"], length=length, points=tuple(points),
+                    tail=None if tail is None else tuple(tail))
 
 
 # -- discovery ----------------------------------------------------------------------------
@@ -319,7 +343,14 @@ STANDARD_NAMES: dict[tuple[int, str], str] = {
 _PERCENT = frozenset({"soc"})  # SunSpec gives these in percent; the house uses a ratio
 
 # The controls the controller drives, by house name (see drivers/capabilities.py)
+# (704, the DER controls, before the legacy 123: its reversion values make a lapse safe)
 CONTROL_NAMES: dict[tuple[int, str], str] = {
+    (704, "WMaxLimPct"): "active_power_limit_pct",
+    (704, "WMaxLimPctEna"): "active_power_limit_enable",
+    (704, "WMaxLimPctRvrtTms"): "active_power_limit_revert_s",
+    (704, "WMaxLimPctRvrt"): "fallback_limit_pct",
+    (704, "WMaxLimPctEnaRvrt"): "fallback_limit_enable",
+    (702, "WMax"): "wmax_w",
     (123, "WMaxLimPct"): "active_power_limit_pct",
     (123, "WMaxLim_Ena"): "active_power_limit_enable",
     (123, "WMaxLimPct_RvrtTms"): "active_power_limit_revert_s",

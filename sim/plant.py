@@ -88,6 +88,8 @@ class Plant:
         self.fallbacks: dict[str, float] = {}  # device -> time it fell back [s]
         self.limit_enabled = dict.fromkeys(self.limit_w, False)
         self._revert_at_s: dict[str, float] = {}  # a limit that lapses (SunSpec reversion)
+        # what a lapsed limit becomes (SunSpec 704 reversion values); None: the limit lifts
+        self.revert_to_w: dict[str, float | None] = dict.fromkeys(self.limit_w)
         self.reverts: dict[str, float] = {}  # device -> time its limit lapsed [s]
         self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
         self.battery = {b.id: BatteryState(soc=b.initial_soc) for b in spec.batteries}
@@ -126,7 +128,8 @@ class Plant:
             self.available_w[ld.id] = self._series_at("load_w", ld.id, t_s)
 
     def set_limit(self, asset_id: str, limit_w: float | None, *, revert_s: float = 0.0) -> None:
-        """A generator's limit (None: no limit), lapsing after ``revert_s`` if that is > 0."""
+        """A generator's limit (None: no limit), lapsing after ``revert_s`` if that is > 0
+        to ``revert_to_w[asset_id]`` (None: no limit)."""
         rated = self.rated_w[asset_id]
         self.limit_enabled[asset_id] = limit_w is not None
         self.limit_w[asset_id] = rated if limit_w is None else max(0.0, limit_w)
@@ -140,7 +143,7 @@ class Plant:
         for asset_id, at in list(self._revert_at_s.items()):
             if self.t_s > at:
                 self.reverts[asset_id] = self.t_s
-                self.set_limit(asset_id, None)
+                self.set_limit(asset_id, self.revert_to_w[asset_id])
         for asset_id, heard in list(self._heard_s.items()):
             if self.t_s - heard <= WATCHDOG_TIMEOUT_S:
                 continue

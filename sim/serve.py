@@ -14,7 +14,7 @@ from sim.plant import Plant
 from sim.spec import Endpoint, PlantSpec
 from sim.sunspec import SunSpecSimUnit
 
-SUNSPEC_PV_MODELS = (1, 103, 120, 121, 122, 123)
+SUNSPEC_PV_MODELS = (1, 701, 702, 704, 103, 120, 121, 122, 123)
 
 
 class TimeSource(Protocol):
@@ -57,37 +57,59 @@ class SimulatedPlant:
             self.servers.append(srv)
 
     def _sunspec_pv(self, asset_id: str) -> SimUnit:
-        """A PV plant as a SunSpec inverter: 103 measurements, 120/121 ratings, 122 available
-        power, 123 limit in percent of WMax with its enable flag and reversion timer."""
+        """A PV plant as a SunSpec inverter with the DER models and the legacy ones beside
+        them, as inverters in transition ship: 701/103 measurements, 702/120/121 ratings,
+        122 available power, and the limit in percent of WMax through 704 (with reversion
+        values: a lapsed limit goes to ``WMaxLimPctRvrt`` when ``WMaxLimPctEnaRvrt`` is 1)
+        or 123 (a lapsed limit lifts). Both write the one limit of the plant."""
         plant = self.plant
-        ctl = {"pct": 100.0, "revert_s": 0.0, "window_s": 0.0, "ramp_s": 0.0}
+        ctl = {"pct": 100.0, "revert_s": 0.0, "window_s": 0.0, "ramp_s": 0.0,
+               "fallback_pct": 100.0, "fallback_enable": 0.0}
 
         def values() -> dict[str, float]:
             plant.advance_to(self.clock.time())
             v = plant.device_values(asset_id)
             rated = v["rated_power_w"]
-            return {"m103_w": v["active_power_w"], "m103_w_sf": 4.0,
+            enabled = plant.limit_enabled[asset_id]
+            # after a lapse to the reversion values the device reports those
+            pct = 100.0 * plant.limit_w[asset_id] / rated if enabled else ctl["pct"]
+            ena = 1.0 if enabled else 0.0
+            return {"m701_w": v["active_power_w"], "m701_w_sf": 4.0,
+                    "m701_hz": 50.0, "m701_hz_sf": -2.0,
+                    "m701_totwhinj": v["energy_export_wh"], "m701_totwh_sf": 3.0,
+                    "m702_wmaxrtg": rated, "m702_wmax": rated, "m702_w_sf": 4.0,
+                    "m704_wmaxlimpct": pct, "m704_wmaxlimpctena": ena,
+                    "m704_wmaxlimpctrvrttms": ctl["revert_s"],
+                    "m704_wmaxlimpctrvrt": ctl["fallback_pct"],
+                    "m704_wmaxlimpctenarvrt": ctl["fallback_enable"],
+                    "m704_wmaxlimpct_sf": -2.0,
+                    "m103_w": v["active_power_w"], "m103_w_sf": 4.0,
                     "m103_wh": v["energy_export_wh"], "m103_wh_sf": 3.0,
                     "m103_hz": 50.0, "m103_hz_sf": -2.0,
                     "m103_st": 5.0 if v["status"] == 2 else 4.0,  # throttled / MPPT
                     "m120_dertyp": 4.0, "m120_wrtg": rated, "m120_wrtg_sf": 4.0,
                     "m121_wmax": rated, "m121_wmax_sf": 4.0,
                     "m122_waval": v["available_power_w"], "m122_waval_sf": 4.0,
-                    "m123_wmaxlimpct": ctl["pct"], "m123_wmaxlimpct_sf": -2.0,
+                    "m123_wmaxlimpct": pct, "m123_wmaxlimpct_sf": -2.0,
                     "m123_wmaxlimpct_rvrttms": ctl["revert_s"],
                     "m123_wmaxlimpct_wintms": ctl["window_s"],
                     "m123_wmaxlimpct_rmptms": ctl["ramp_s"],
-                    "m123_wmaxlim_ena": 1.0 if plant.limit_enabled[asset_id] else 0.0}
+                    "m123_wmaxlim_ena": ena}
 
         def on_write(point: str, value: float) -> None:
             plant.advance_to(self.clock.time())
             rated = plant.device_values(asset_id)["rated_power_w"]
             enabled = plant.limit_enabled[asset_id]
-            if point == "m123_wmaxlimpct":
+            if point in ("m704_wmaxlimpctrvrt", "m704_wmaxlimpctenarvrt"):
+                ctl["fallback_pct" if point == "m704_wmaxlimpctrvrt" else "fallback_enable"] = value
+                plant.revert_to_w[asset_id] = (rated * ctl["fallback_pct"] / 100.0
+                                               if ctl["fallback_enable"] == 1 else None)
+                return
+            if point in ("m123_wmaxlimpct", "m704_wmaxlimpct"):
                 ctl["pct"] = value
-            elif point == "m123_wmaxlimpct_rvrttms":
+            elif point in ("m123_wmaxlimpct_rvrttms", "m704_wmaxlimpctrvrttms"):
                 ctl["revert_s"] = value
-            elif point == "m123_wmaxlim_ena":
+            elif point in ("m123_wmaxlim_ena", "m704_wmaxlimpctena"):
                 enabled = value == 1
             elif point in ("m123_wmaxlimpct_wintms", "m123_wmaxlimpct_rmptms"):
                 ctl["window_s" if point.endswith("wintms") else "ramp_s"] = value

@@ -5,8 +5,9 @@ The image is ``SunS``, then each model's ``[ID][L][data]``, then the end marker
 ``[0xFFFF][0]``. Values are engineering values keyed by the profile's point names
 (``m103_w``); a point's raw value is value / 10^sf with sf taken from the same values
 (default 0). A point without a value holds its type's "not implemented" sentinel; text
-points come from a separate mapping. Only fixed groups are laid out: a model whose nested
-groups are not repeating-to-fill-L is refused.
+points come from a separate mapping. The fixed group and nested groups of fixed count are
+laid out (the latter hold "not implemented"); repeating groups get no instance, and a model
+with a group whose count a point sets is refused.
 """
 
 from __future__ import annotations
@@ -47,12 +48,12 @@ def layout(model_ids: Iterable[int], base: int = SUNSPEC_BASE) -> list[ModelBloc
     blocks: list[ModelBlock] = []
     address = base + len(SUNS_MARKER)
     for mid in model_ids:
-        mdef = model_def(mid)
-        if any(c != 0 for c in mdef.group_counts):
-            raise ValueError(f"model {mid}: nested groups of fixed or counted length are not "
-                             "simulated (only fixed groups are laid out)")
-        blocks.append(ModelBlock(mid, address + 2, mdef.length))
-        address += 2 + mdef.length
+        length = model_def(mid).full_length
+        if length is None:
+            raise ValueError(f"model {mid}: nested groups whose count a point sets are not "
+                             "simulated")
+        blocks.append(ModelBlock(mid, address + 2, length))
+        address += 2 + length
     return blocks
 
 
@@ -86,7 +87,8 @@ class SunSpecSimUnit(SimUnit):
         words = list(SUNS_MARKER)
         for b in self.blocks:
             words += [b.model_id, b.length]
-            for d in model_def(b.model_id).points:
+            mdef = model_def(b.model_id)
+            for d in (*mdef.points, *(mdef.tail or ())):
                 words += _sentinel(d.type, d.size)
         words += [END_MODEL_ID, 0]
         self._blank = words

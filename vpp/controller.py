@@ -317,8 +317,7 @@ class Controller:
         by the device itself if heartbeats stop, so a dead controller still keeps the cap.
         Generators without a fallback may run at full power then: their rating comes off
         the budget first. Re-asserted on every slow poll (a device may have rebooted)."""
-        has = {g.id: any(p.name == "fallback_limit_w" for p in self.devices[g.id].profile.points)
-               for g in self.generators}
+        has = {g.id: capabilities.has_fallback_limit(self.devices[g.id]) for g in self.generators}
         with_fallback = [g for g in self.generators if has[g.id]]
         if not with_fallback:
             return
@@ -330,10 +329,10 @@ class Controller:
         total = sum(g.rated_power_w for g in with_fallback)
         for g in with_fallback:
             share = max(0.0, budget) * g.rated_power_w / total
-            now = self.devices[g.id].value("fallback_limit_w")
+            now = capabilities.fallback_limit_w(self.devices[g.id])
             if only_if_changed and now is not None and abs(now - share) <= 0.01 * share + 1:
                 continue
-            await self._write(g.id, "fallback_limit_w", share, record=False)
+            await self._write(g.id, capabilities.FALLBACK_W, share, record=False)
 
     async def heartbeat_step(self) -> None:
         """Beat only while control works: no successful step for a minute (half a typical
@@ -486,6 +485,9 @@ class Controller:
                 res = await capabilities.set_active_power_limit_w(
                     dev, value, revert_s=self.config.control.limit_revert_s,
                     deadline_s=deadline_s, verify=verify)
+            elif point == capabilities.FALLBACK_W:
+                res = await capabilities.set_fallback_limit_w(dev, value, deadline_s=deadline_s,
+                                                              verify=verify)
             else:
                 res = await dev.write(point, value, deadline_s=deadline_s, verify=verify)
         except (DeviceError, ValueError, PermissionError, KeyError) as exc:

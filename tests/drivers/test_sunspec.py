@@ -32,7 +32,7 @@ from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
 from sim.sunspec import SunSpecSimUnit
 
 PV_MODELS = (1, 103, 120, 121, 123, 160)
-BATTERY_MODELS = (1, 701, 702, 124, 802)
+BATTERY_MODELS = (1, 701, 702, 704, 124, 802)  # 704 has fixed nested groups too
 PV_TEXT = {"m1_mn": "County Sim", "m1_md": "PV-3P-100", "m1_vr": "1.2.3", "m1_sn": "SIM-0001"}
 BATTERY_TEXT = {"m1_mn": "County Sim", "m1_md": "BESS-500", "m1_sn": "SIM-0002"}
 # values a reader can check at a glance; the rest are drawn at random

@@ -209,26 +209,66 @@ async def test_the_controller_dies_and_the_devices_watchdogs_keep_the_cap(
     assert rep["cap_violation_s"] == 0
 
 
-async def test_a_sunspec_pv_inverter_is_discovered_and_limited(demo_config: SiteConfig) -> None:
-    """pv1 speaks SunSpec: the controller discovers its models, reads it through the house
-    names, and limits it with WMaxLimPct, its enable flag and reversion timer."""
-    cfg = midday(demo_config)
-    cfg = cfg.model_copy(update={"assets": tuple(
+def sunspec_pv1(cfg: SiteConfig) -> SiteConfig:
+    return cfg.model_copy(update={"assets": tuple(
         a.model_copy(update={"profile": "sunspec"}) if a.id == "pv1" else a
         for a in cfg.assets)})
-    demo = Demo(cfg, DemoOptions(hours=1.5, speed=600.0, ephemeral_ports=True))
+
+
+async def test_a_sunspec_pv_inverter_is_discovered_and_limited(demo_config: SiteConfig) -> None:
+    """pv1 speaks SunSpec: the controller discovers its models, reads it through the house
+    names, and limits it with model 704's WMaxLimPct, enable flag and reversion timer (704
+    wins over the legacy 123 beside it), with its reversion values set to its share of the
+    cap."""
+    from drivers import capabilities
+
+    demo = Demo(sunspec_pv1(midday(demo_config)),
+                DemoOptions(hours=1.5, speed=600.0, ephemeral_ports=True))
     async with demo:
         await asyncio.sleep(3.0)
         dev = demo.controller.devices["pv1"]
         assert dev.profile.name == "sunspec"
         assert {"active_power_limit_pct", "active_power_w", "wmax_w"} <= set(dev.profile.aliases)
+        assert dev.profile.aliases["active_power_limit_pct"].point == "m704_wmaxlimpct"
         assert dev.value("active_power_w") is not None
         plant = demo.sim.plant
-        assert plant.limit_enabled["pv1"]  # midday: pv1 is being limited through model 123
+        assert plant.limit_enabled["pv1"]  # midday: pv1 is being limited through model 704
         assert plant.limit_w["pv1"] < plant.rated_w["pv1"]
+        assert capabilities.has_fallback_limit(dev)
+        fallback = plant.revert_to_w["pv1"]
+        assert fallback is not None and 0 < fallback < plant.rated_w["pv1"]
+        assert capabilities.fallback_limit_w(dev) == pytest.approx(fallback, rel=1e-3)
         await demo.wait()
     rep = demo.report()
     assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
     assert rep["cap_violation_s"] == 0
     assert rep["max_export_w"] <= 1.01 * rep["export_cap_w"]
     assert not demo.sim.plant.reverts  # refreshed before its reversion timer lapsed
+
+
+async def test_the_controller_dies_and_a_sunspec_704_inverter_reverts_to_its_share(
+        demo_config: SiteConfig) -> None:
+    """Midday, the controller stops; pv1 (SunSpec) is no longer refreshed, its 704 reversion
+    timer lapses and it goes to its reversion limit (its share of the cap), not to full
+    power: the cap holds with the controller gone."""
+    demo = Demo(sunspec_pv1(midday(demo_config)),
+                DemoOptions(hours=None, speed=600.0, ephemeral_ports=True))
+    async with demo:
+        await asyncio.sleep(2.0)
+        svc = demo.services
+        assert svc is not None
+        fallback = demo.sim.plant.revert_to_w["pv1"]
+        assert fallback is not None
+        await svc.__aexit__(None, None, None)  # the controller is gone
+        demo.services = None
+        # the 300 s reversion timer (demo-county default), then 30 simulated minutes alone
+        await asyncio.sleep((demo.config.control.limit_revert_s + 1800) / 600.0)
+        plant = demo.sim.plant
+        assert "pv1" in plant.reverts
+        assert plant.limit_enabled["pv1"]
+        assert plant.limit_w["pv1"] == pytest.approx(fallback)
+        assert set(plant.fallbacks) == {"wf1", "bess1"}  # the generic devices' watchdogs
+        assert sum(plant.limit_w.values()) <= demo.config.pcc.export_cap_w
+    rep = demo.report()
+    assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
+    assert rep["cap_violation_s"] == 0

@@ -354,24 +354,21 @@ async def client_poller(ctx: Context) -> tuple[Window, int]:
     keep = int((ctx.warmup_s + ctx.seconds) / ctx.interval_s) + 100
     poller = Poller(devices, fast_interval_s=ctx.interval_s, classes=(PollClass.FAST,),
                     keep_durations=keep)
-    # Poller.__aexit__ cancels each task once and awaits it: a task that drops the cancel
-    # (see stop_tasks) makes it wait for ever, so the tasks are stopped here first.
-    await poller.__aenter__()
     try:
-        await asyncio.sleep(ctx.warmup_s)
-        before = {k: (st.polls, st.failures, len(st.durations_s))
-                  for k, st in poller.stats.items()}
-        w.open(ctx)
-        await asyncio.sleep(ctx.seconds)
-        w.close(ctx)
+        async with poller:
+            await asyncio.sleep(ctx.warmup_s)
+            before = {k: (st.polls, st.failures, len(st.durations_s))
+                      for k, st in poller.stats.items()}
+            w.open(ctx)
+            await asyncio.sleep(ctx.seconds)
+            w.close(ctx)
         for k, st in poller.stats.items():
             polls, failures, n = before[k]
             w.polls += st.polls - polls
             w.errors += st.failures - failures
-            w.latencies.extend(st.durations_s[n:])
+            w.latencies.extend(list(st.durations_s)[n:])
+        await asyncio.sleep(2 * 1.0)  # polls in flight end (answer or 1 s timeout)
     finally:
-        w.stubborn_tasks = await stop_tasks(poller._tasks)
-        await poller.__aexit__(None, None, None)
         for c in conns:
             c.close()
     return w, _driver_check(profile, devices)

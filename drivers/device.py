@@ -12,7 +12,6 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from itertools import repeat
 from operator import le, mul
 
 from drivers.connection import ILLEGAL_ADDRESS, DeviceError, ExceptionReply, ModbusConnection
@@ -110,8 +109,8 @@ class BlockCodec:
     its name, unit, "no value" markers, gain and valid range, so that a poll whose values
     are all plausible is decoded and checked without a Python step per point."""
 
-    __slots__ = ("block", "frozen", "gains", "hi", "invalid", "lo", "names", "points",
-                 "scale_factors", "sf_of", "struct", "text", "units")
+    __slots__ = ("all_good", "block", "fixed_gains", "frozen", "gains", "hi", "invalid", "lo",
+                 "names", "points", "scale_factors", "sf_of", "struct", "text", "units")
 
     def __init__(self, block: ReadBlock, profile: Profile) -> None:
         pts = block.points
@@ -128,7 +127,10 @@ class BlockCodec:
         self.lo = [_ANY[0] if p.valid_min is None else p.valid_min for p in pts]
         self.hi = [_ANY[1] if p.valid_max is None else p.valid_max for p in pts]
         self.sf_of = tuple(p.scale_register for p in pts)
+        # a block none of whose points has a scale-factor register has constant gains
+        self.fixed_gains = None if any(self.sf_of) else [p.gain() for p in pts]
         self.gains: tuple[tuple[int, ...], list[float]] | None = None
+        self.all_good = (Quality.GOOD,) * len(pts)
         self.frozen = tuple((i, p.name, p.frozen_after_s) for i, p in enumerate(pts)
                             if p.frozen_after_s is not None)
         # the block's own points that other points take their scale factor from
@@ -147,6 +149,8 @@ class BlockCodec:
     def gains_for(self, sf: dict[str, int]) -> list[float]:
         """Engineering value per raw count of each point, with the scale factors in ``sf``
         (NaN where a point's factor is unknown, which fails the range test)."""
+        if self.fixed_gains is not None:
+            return self.fixed_gains
         key = tuple(sf.get(n, _NO_SF) if n else 0 for n in self.sf_of)
         if self.gains is None or self.gains[0] != key:
             self.gains = (key, [math.nan if e == _NO_SF else p.gain(e)
@@ -164,20 +168,29 @@ class Latest(Mapping[str, Sample]):
 
     def __init__(self, dev: Device, names: Collection[str] | None = None) -> None:
         self._dev = dev
-        self._names: Collection[str] = dev._value.keys() if names is None else names
+        self._names = names
+
+    def _read_names(self) -> Collection[str]:
+        if self._names is not None:
+            return self._names
+        last = self._dev._last
+        return [n for n, (codec, _) in self._dev._where.items() if codec in last]
 
     def __getitem__(self, name: str) -> Sample:
         d = self._dev
-        if name not in self._names or name not in d._value:
+        where = d._where.get(name)
+        rec = None if where is None else d._last.get(where[0])
+        if rec is None or (self._names is not None and name not in self._names):
             raise KeyError(name)
-        return Sample(d.asset_id, name, d._value[name], d._unit[name], d._ts[name],
-                      d._quality[name])
+        codec, i = where  # type: ignore[misc]
+        values, quals, ts = rec
+        return Sample(d.asset_id, name, values[i], codec.units[i], ts, quals[i])
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
+        return iter(self._read_names())
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._read_names())
 
 
 @dataclass
@@ -211,10 +224,13 @@ class Device:
                 BlockCodec(b, self.profile)
                 for b in plan_reads(p for p in self.profile.points if p.poll == pc)]
         self._by_name = {p.name: p for p in self.profile.points}
-        self._unit = {p.name: p.unit for p in self.profile.points}
-        self._value: dict[str, float | None] = {}
-        self._quality: dict[str, Quality] = {}
-        self._ts: dict[str, datetime] = {}
+        # where each point's newest value is: its block, and its index there; a block's
+        # newest read is kept whole (values, qualities, read time), one entry per block
+        self._where: dict[str, tuple[BlockCodec, int]] = {
+            n: (c, i) for codecs in self._blocks.values() for c in codecs
+            for i, n in enumerate(c.names)}
+        self._last: dict[BlockCodec, tuple[Sequence[float | None], Sequence[Quality],
+                                           datetime]] = {}
 
     @property
     def latest(self) -> Latest:
@@ -230,6 +246,8 @@ class Device:
         codecs = self._blocks[poll_class]
         i = codecs.index(codec)
         self._blocks[poll_class] = codecs[:i] + singles + codecs[i + 1:]
+        for single in singles:
+            self._where[single.names[0]] = (single, 0)
         return singles
 
     def _frozen(self, name: str, after_s: float, raw: int | float | str, ts: datetime) -> bool:
@@ -256,48 +274,35 @@ class Device:
             quals.append(Quality.GOOD if codec.lo[i] <= v <= codec.hi[i] else Quality.BAD)
         return values, quals
 
-    async def _read(self, poll_class: PollClass, codec: BlockCodec,
-                    out: list[tuple[BlockCodec, tuple[int | float | str, ...] | None,
-                                    datetime]]) -> int:
-        """Read one block into ``out``; returns the number of failed requests."""
-        if self.unsupported and all(n in self.unsupported for n in codec.names):
-            out.append((codec, None, self.now()))
-            return 0
-        b = codec.block
-        try:
-            frame = await self.connection.read_bytes(b.table, b.start, b.count, self.unit_id)
-        except ExceptionReply as exc:
-            if exc.code != ILLEGAL_ADDRESS:
-                log.debug("%s: %s", self.asset_id, exc)
-                out.append((codec, None, self.now()))
-                return 1
-            if len(b.points) > 1:
-                failed = 0
-                for single in self._split(poll_class, codec):
-                    failed += await self._read(poll_class, single, out)
-                return failed
-            p = b.points[0]
-            log.warning("%s: point %s (%s %d) is not supported by the device", self.asset_id,
-                        p.name, p.table.value, p.address)
-            self.unsupported.add(p.name)
-            out.append((codec, None, self.now()))
-            return 0
-        except DeviceError as exc:
-            log.debug("%s: %s", self.asset_id, exc)
-            out.append((codec, None, self.now()))
-            return 1
-        out.append((codec, codec.unpack(frame, self.profile), self.now()))
-        return 0
+    # A poll runs on the connection's callbacks: each reply is decoded where it arrives and
+    # the next block's request is sent from there, with no task woken per block. ``poll()``
+    # is the awaitable API over it; ``start_poll()`` is what the polling engine uses.
+
+    def start_poll(self, poll_class: PollClass, done: Callable[[Latest | Exception], None],
+                   ) -> None:
+        """Start reading every point of a poll class; ``done`` gets this poll's samples (or
+        the exception of a bug: a device's failure is a quality, never an exception)."""
+        _PollRun(self, poll_class, done).step()
 
     async def poll(self, poll_class: PollClass = PollClass.FAST) -> Latest:
         """Read every point of a poll class; returns this poll's samples. A failed read
         gives samples of quality missing; nothing is passed on as good unless it was read
         now, is no "no value" marker and lies inside its physical range."""
-        reads: list[tuple[BlockCodec, tuple[int | float | str, ...] | None, datetime]] = []
-        failed = 0
-        codecs = self._blocks[poll_class]
-        for codec in codecs:
-            failed += await self._read(poll_class, codec, reads)
+        future: asyncio.Future[Latest] = asyncio.get_running_loop().create_future()
+
+        def done(result: Latest | Exception) -> None:
+            if future.done():
+                return
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+
+        self.start_poll(poll_class, done)
+        return await future
+
+    def _finish(self, reads: list[_Read], codecs: list[BlockCodec], failed: int) -> Latest:
+        """Decode and check what a poll read, and keep it as the latest values."""
         sf = self._sf  # scale factors first: a value needs its factor of this poll
         for codec, raw, _ in reads:
             if raw is not None:
@@ -308,6 +313,7 @@ class Device:
         names: list[str] = []
         for codec, raw, ts in reads:
             n = len(codec.names)
+            quals: Sequence[Quality]
             if raw is None:
                 values: Sequence[float | None] = [None] * n
                 quals = [Quality.MISSING] * n
@@ -319,35 +325,38 @@ class Device:
                     scaled: list[float] = list(map(mul, raw, gains))  # type: ignore[arg-type]
                     values = scaled
                     if all(map(le, codec.lo, scaled)) and all(map(le, scaled, codec.hi)):
-                        quals = [Quality.GOOD] * n
+                        quals = codec.all_good
                     else:  # out of range, NaN, or a scale factor not known
                         values, quals = self._check(codec, raw, gains)
                 for i, name, after_s in codec.frozen:
                     if quals[i] is Quality.GOOD and self._frozen(name, after_s, raw[i], ts):
+                        quals = list(quals)
                         quals[i] = Quality.STALE
-            self._value.update(zip(codec.names, values, strict=True))
-            self._quality.update(zip(codec.names, quals, strict=True))
-            self._ts.update(zip(codec.names, repeat(ts, n), strict=True))
+            self._last[codec] = (values, quals, ts)
             names.extend(codec.names)
             if self.sink is not None:
                 self.sink.put_block(self.asset_id, codec.names, codec.units, values, quals, ts)
-        if codecs:
-            live = [c for c in codecs
-                    if not all(n in self.unsupported for n in c.names)]
-            self.health = (Health.ONLINE if failed == 0 else
-                           Health.OFFLINE if failed >= max(1, len(live)) else Health.DEGRADED)
+        if failed == 0:
+            self.health = Health.ONLINE if codecs else self.health
+        else:
+            live = sum(1 for c in codecs if not all(n in self.unsupported for n in c.names))
+            self.health = Health.OFFLINE if failed >= max(1, live) else Health.DEGRADED
         return Latest(self, names)
 
     def value(self, point_name: str) -> float | None:
         """The latest good value of a point (or of a house name the profile aliases), or None."""
-        q = self._quality.get(point_name)
-        if q is None:
+        where = self._where.get(point_name)
+        if where is None:
             alias = self.profile.aliases.get(point_name)
             if alias is None:
                 return None
             v = self.value(alias.point)
             return None if v is None else v * alias.factor
-        return self._value[point_name] if q is Quality.GOOD else None
+        rec = self._last.get(where[0])
+        if rec is None:
+            return None
+        i = where[1]
+        return rec[0][i] if rec[1][i] is Quality.GOOD else None
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -407,3 +416,71 @@ class Device:
                 raise WriteError(f"{self.asset_id}.{point_name} = {sent:.1f} failed after "
                                  f"{attempts} attempt(s): {last}") from last
             await asyncio.sleep(min(0.05 * attempts, 0.5))
+
+
+_Read = tuple[BlockCodec, tuple[int | float | str, ...] | None, datetime]
+
+
+class _PollRun:
+    """One poll of one device, block after block, driven by the connection's callbacks."""
+
+    __slots__ = ("codec", "codecs", "dev", "done", "failed", "i", "poll_class", "reads")
+
+    def __init__(self, dev: Device, poll_class: PollClass,
+                 done: Callable[[Latest | Exception], None]) -> None:
+        self.dev = dev
+        self.poll_class = poll_class
+        self.done = done
+        self.codecs = list(dev._blocks[poll_class])
+        self.i = 0
+        self.failed = 0
+        self.reads: list[_Read] = []
+        self.codec: BlockCodec | None = None
+
+    def step(self) -> None:
+        """Send the next block's read, or finish."""
+        dev = self.dev
+        try:
+            while self.i < len(self.codecs):
+                codec = self.codecs[self.i]
+                if dev.unsupported and all(n in dev.unsupported for n in codec.names):
+                    self.reads.append((codec, None, dev.now()))
+                    self.i += 1
+                    continue
+                self.codec = codec
+                b = codec.block
+                dev.connection.submit_read(b.table, b.start, b.count, dev.unit_id, self.reply)
+                return
+            result: Latest | Exception = dev._finish(self.reads, self.codecs, self.failed)
+        except Exception as exc:  # a bug: the caller must hear of it, not wait for ever
+            log.exception("%s: poll failed", dev.asset_id)
+            result = exc
+        self.done(result)
+
+    def reply(self, frame: bytes | None, error: DeviceError | None) -> None:
+        dev, codec = self.dev, self.codec
+        assert codec is not None
+        try:
+            if frame is not None:
+                self.reads.append((codec, codec.unpack(frame, dev.profile), dev.now()))
+                self.i += 1
+            elif isinstance(error, ExceptionReply) and error.code == ILLEGAL_ADDRESS:
+                if len(codec.points) > 1:  # split the block; read its points one by one
+                    self.codecs[self.i : self.i + 1] = dev._split(self.poll_class, codec)
+                else:
+                    p = codec.points[0]
+                    log.warning("%s: point %s (%s %d) is not supported by the device",
+                                dev.asset_id, p.name, p.table.value, p.address)
+                    dev.unsupported.add(p.name)
+                    self.reads.append((codec, None, dev.now()))
+                    self.i += 1
+            else:
+                log.debug("%s: %s", dev.asset_id, error)
+                self.failed += 1
+                self.reads.append((codec, None, dev.now()))
+                self.i += 1
+        except Exception as exc:  # a bug: report it and end this poll
+            log.exception("%s: poll failed", dev.asset_id)
+            self.done(exc)
+            return
+        self.step()

@@ -140,22 +140,31 @@ class ModbusTcpDeviceServer:
         self.requests = 0
         self.faults: dict[int, Fault] = {}  # by unit id; set and clear at run time
         self._frozen: dict[tuple[int, bytes], bytes] = {}
+        self._stopping = False
 
     async def start(self) -> None:
+        self._stopping = False
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            # aborting the transports ends each handler's read; cancelling the handler
-            # tasks instead trips asyncio's stream callback on Python 3.11
+        if self._server is None:
+            return
+        self._stopping = True
+        self._server.close()
+        # A connection accepted just now has a handler task that has not run yet: let it
+        # start (it sees _stopping and aborts), then abort the live ones. Aborting the
+        # transports ends each handler's read; cancelling the handler tasks instead trips
+        # asyncio's stream callback on Python 3.11.
+        for _ in range(3):
+            await asyncio.sleep(0)
             for writer in list(self._handlers.values()):
                 writer.transport.abort()
             await asyncio.gather(*self._handlers, return_exceptions=True)
-            await self._server.wait_closed()
-            self._server = None
+        await self._server.wait_closed()
+        self._server = None
+        self._stopping = False
 
     def _pdu(self, unit_id: int, pdu: bytes) -> bytes:
         fc = pdu[0]
@@ -191,6 +200,9 @@ class ModbusTcpDeviceServer:
             return struct.pack(">BB", fc | 0x80, reply.code)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._stopping:  # accepted while stopping
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._handlers[task] = writer

@@ -10,13 +10,13 @@ values), the client's CPU per poll and utilisation, and the server's CPU from ``
 
 Clients (``--clients``):
 
-* ``poller``: the project's drivers as the controller uses them: a ``Device`` per unit id,
-  one ``ModbusConnection`` per port shared by its devices, polled by ``drivers.Poller``
-  (fast class only). The Poller sleeps a full interval after each poll and starts every
-  device at once, so its period is the interval plus the poll's latency.
-* ``fixed``: the same ``Device`` / ``ModbusConnection`` objects, polled by a fixed-rate
-  loop: one task per device, start times spread evenly over the interval, missed slots
-  skipped. It separates the drivers' cost from the Poller's scheduling.
+* ``poller``: the project's polling engine: a ``Device`` per unit id, one
+  ``ModbusConnection`` per port shared by its devices, polled by ``drivers.Poller`` (fast
+  class only) at a fixed rate, the devices spread over the interval, on loop timers and
+  reply callbacks.
+* ``fixed``: the same ``Device`` / ``ModbusConnection`` objects, each device in a task of
+  its own awaiting ``Device.poll()`` at the same fixed rate: the awaitable API the
+  controller uses.
 * ``raw``: the upper bound for Python: one asyncio ``Protocol`` per port, hand-built MBAP
   frames, one request in flight per connection (no pipelining, like ``ModbusConnection``;
   ``--raw-depth`` allows more), the same registers decoded with one ``struct`` call into a
@@ -329,9 +329,9 @@ def _driver_check(profile: Profile, devices: list[Device]) -> int:
 async def stop_tasks(tasks: list[asyncio.Task[None]]) -> int:
     """Cancel tasks until they are done; returns how many ignored the first cancel.
 
-    On Python 3.11 ``asyncio.wait_for`` (pymodbus awaits each reply with it) returns the
-    reply and drops a cancel that arrives just after the reply: such a task polls on, and
-    one ``cancel()`` is not enough to stop it.
+    On Python 3.11 ``asyncio.wait_for`` returns a result and drops a cancel that arrives
+    just after it (pymodbus' client, which the drivers used before, awaited each reply so):
+    such a task polls on, and one ``cancel()`` is not enough. Counted to show it is gone.
     """
     stubborn = 0
     for attempt in range(100):

@@ -79,6 +79,22 @@ async def make_limits_immediate(dev: Device) -> None:
                             point, exc)
 
 
+def _percent_base_w(dev: Device) -> float:
+    base = limit_base_w(dev)
+    if not base:
+        raise CapabilityError(f"{dev.asset_id}: WMax or the rated power has not been read; "
+                              "cannot turn W into percent")
+    return base
+
+
+async def _write_percent(dev: Device, point: str, name: str, value_w: float, base_w: float,
+                         deadline_s: float | None, verify: bool) -> WriteResult:
+    """Write ``value_w`` as percent of ``base_w``; the result is in W, named ``name``."""
+    res = await dev.write(point, 100.0 * value_w / base_w, deadline_s=deadline_s,
+                          verify=verify)
+    return WriteResult(name, value_w, res.written * base_w / 100.0, res.clamped, res.attempts)
+
+
 async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: float,
                                    deadline_s: float | None = None,
                                    verify: bool = True) -> WriteResult:
@@ -89,20 +105,15 @@ async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: flo
     if pct_point is None:
         raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} cannot set an "
                               "active-power limit")
-    base = limit_base_w(dev)
-    if not base:
-        raise CapabilityError(f"{dev.asset_id}: WMax or the rated power has not been read; "
-                              "cannot turn W into percent")
+    base = _percent_base_w(dev)
     revert = _alias(dev, LIMIT_REVERT_S)
     if revert is not None:
         await dev.write(revert, revert_s, deadline_s=deadline_s, verify=verify)
-    res = await dev.write(pct_point, 100.0 * value_w / base, deadline_s=deadline_s,
-                          verify=verify)
+    res = await _write_percent(dev, pct_point, LIMIT_W, value_w, base, deadline_s, verify)
     enable = _alias(dev, LIMIT_ENABLE)
     if enable is not None:  # always: on some devices this write arms the reversion timer
         await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
-    return WriteResult(LIMIT_W, value_w, res.written * base / 100.0, res.clamped,
-                       res.attempts)
+    return res
 
 
 def has_fallback_limit(dev: Device) -> bool:
@@ -129,12 +140,7 @@ async def set_fallback_limit_w(dev: Device, value_w: float, *, deadline_s: float
     if pct_point is None or enable is None:
         raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} has no fallback "
                               "limit")
-    base = limit_base_w(dev)
-    if not base:
-        raise CapabilityError(f"{dev.asset_id}: WMax or the rated power has not been read; "
-                              "cannot turn W into percent")
-    res = await dev.write(pct_point, 100.0 * value_w / base, deadline_s=deadline_s,
-                          verify=verify)
+    base = _percent_base_w(dev)
+    res = await _write_percent(dev, pct_point, FALLBACK_W, value_w, base, deadline_s, verify)
     await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
-    return WriteResult(FALLBACK_W, value_w, res.written * base / 100.0, res.clamped,
-                       res.attempts)
+    return res

@@ -144,3 +144,12 @@ async def set_fallback_limit_w(dev: Device, value_w: float, *, deadline_s: float
     res = await _write_percent(dev, pct_point, FALLBACK_W, value_w, base, deadline_s, verify)
     await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
     return res
+
+
+def in_fault(dev: Device) -> bool:
+    """Whether the device reports itself in fault (its profile's ``fault`` point)."""
+    flag = dev.profile.fault
+    if flag is None:
+        return False
+    v = dev.value(flag.point)
+    return v is not None and round(v) in flag.values

@@ -139,6 +139,15 @@ class Heartbeat(BaseModel):
     interval_s: float = Field(default=10.0, gt=0)
 
 
+class FaultFlag(BaseModel):
+    """A point whose values say the device is in fault (tripped): it cannot be controlled."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    point: str
+    values: tuple[int, ...] = Field(min_length=1)
+
+
 class Profile(BaseModel):
     """A device family's register map."""
 
@@ -150,6 +159,7 @@ class Profile(BaseModel):
     products: tuple[str, ...] = ()
     word_order: WordOrder = WordOrder.BIG
     heartbeat: Heartbeat | None = None
+    fault: FaultFlag | None = None
     aliases: dict[str, Alias] = Field(
         default_factory=dict, description="house names served by other points (SunSpec)")
     points: tuple[Point, ...]
@@ -172,6 +182,9 @@ class Profile(BaseModel):
             if alias.point not in by_name:
                 raise ValueError(f"profile {self.name}: alias {house} names no point "
                                  f"{alias.point!r}")
+        if self.fault is not None and self.fault.point not in by_name:
+            raise ValueError(f"profile {self.name}: fault point {self.fault.point!r} is not a "
+                             "point of this profile")
         if self.heartbeat is not None:
             hb = by_name.get(self.heartbeat.point)
             if hb is None or hb.access is not Access.READ_WRITE:

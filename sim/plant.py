@@ -44,6 +44,9 @@ class RunStats:
     battery_stored_end_wh: float = 0.0
     minutes: list[tuple[float, float, float, float]] = field(default_factory=list)
     """Per simulated minute: (t_s, max export [W], uncontrolled export [W], cap [W])."""
+    trace: list[dict[str, float]] = field(default_factory=list)
+    """Per simulated minute, at its end: ``t_s``, and per device ``<id>.power_w``, per
+    generator ``<id>.available_w``, per battery ``<id>.soc``."""
 
     @property
     def renewable_wh(self) -> float:
@@ -78,6 +81,8 @@ class Plant:
         self.weather = Weather(spec, seed=seed, first_day_s=first_day)
         self.t_s = start_s
         self.export_cap_w = spec.export_cap_w
+        self._cap_changes: list[tuple[float, float]] = []  # (from t_s, cap [W]), in order
+        self.tripped: set[str] = set()  # batteries tripped (fault injection)
         self._generators = [(g.id, "pv") for g in spec.pv] + [(g.id, "wind") for g in spec.wind]
         self.rated_w = {g.id: g.rated_power_w for g in spec.pv} | {
             g.id: g.rated_power_w for g in spec.wind}
@@ -138,6 +143,20 @@ class Plant:
         else:
             self._revert_at_s.pop(asset_id, None)
 
+    def schedule_cap(self, at_s: float, cap_w: float) -> None:
+        """From simulated time ``at_s`` on, the meter judges export against ``cap_w``."""
+        self._cap_changes.append((at_s, cap_w))
+        self._cap_changes.sort()
+
+    def trip(self, battery_id: str, tripped: bool = True) -> None:
+        """Trip a battery (it stops and ignores setpoints) or reset it."""
+        if battery_id not in self.battery:
+            raise KeyError(f"{battery_id!r} is not a simulated battery")
+        if tripped:
+            self.tripped.add(battery_id)
+        else:
+            self.tripped.discard(battery_id)
+
     def _watch(self) -> None:
         """Devices whose controller went silent fall back to their own safe settings."""
         for asset_id, at in list(self._revert_at_s.items()):
@@ -157,6 +176,8 @@ class Plant:
     def _step(self, dt_s: float) -> None:
         if self._heard_s or self._revert_at_s:
             self._watch()
+        while self._cap_changes and self._cap_changes[0][0] <= self.t_s:
+            self.export_cap_w = self._cap_changes.pop(0)[1]
         self._sample(self.t_s + dt_s / 2.0)
         h = dt_s / 3600.0
         st = self.stats
@@ -176,7 +197,8 @@ class Plant:
             export += out
             uncontrolled += avail
         for b in self.spec.batteries:
-            out = battery_step(self.battery[b.id], self.battery_setpoint_w[b.id], dt_s, b)
+            setpoint = 0.0 if b.id in self.tripped else self.battery_setpoint_w[b.id]
+            out = battery_step(self.battery[b.id], setpoint, dt_s, b)
             self.power_w[b.id] = out
             export += out
         for ld in self.spec.loads:
@@ -201,10 +223,21 @@ class Plant:
         if self.t_s - self._minute_start >= 60.0:
             st.minutes.append((self._minute_start, self._minute_max, self._minute_unctl,
                                self.export_cap_w))
+            st.trace.append(self._snapshot())
             self._minute_start += 60.0
             self._minute_max = self._minute_unctl = -math.inf
         self._minute_max = max(self._minute_max, export)
         self._minute_unctl = max(self._minute_unctl, uncontrolled)
+
+    def _snapshot(self) -> dict[str, float]:
+        row = {"t_s": self.t_s}
+        for d in self.spec.devices():
+            row[f"{d.id}.power_w"] = self.power_w[d.id]
+        for gid, _ in self._generators:
+            row[f"{gid}.available_w"] = self.available_w[gid]
+        for bid, bs in self.battery.items():
+            row[f"{bid}.soc"] = bs.soc
+        return row
 
     def advance_to(self, t_s: float) -> None:
         """Step the plant up to simulated time ``t_s`` [s]."""
@@ -255,7 +288,8 @@ class Plant:
                 bs = self.battery[asset_id]
                 return {"active_power_w": p, "soc": bs.soc, "energy_charge_wh": bs.charged_wh,
                         "energy_discharge_wh": bs.discharged_wh,
-                        "status": 0.0 if p == 0 else (2.0 if p > 0 else 1.0),
+                        "status": 3.0 if asset_id in self.tripped else (
+                            0.0 if p == 0 else (2.0 if p > 0 else 1.0)),
                         "capacity_wh": b.capacity_wh, "max_charge_w": b.max_charge_w,
                         "max_discharge_w": b.max_discharge_w,
                         "power_setpoint_w": self.battery_setpoint_w[asset_id],

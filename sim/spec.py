@@ -64,12 +64,23 @@ class MeterSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WeatherPeriod:
+    """From ``start_s`` (POSIX) on, a forced cloud regime (0 clear, 1 broken, 2 overcast;
+    None: the seeded switching) and a mean wind speed (None: the spec's)."""
+
+    start_s: float
+    regime: int | None = None
+    mean_wind_m_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class WeatherSpec:
-    """Seeded weather: how cloudy, how windy."""
+    """Seeded weather: how cloudy, how windy, and periods that force either."""
 
     cloudiness: float = 0.3  # 0 clear every day .. 1 overcast most of the time
     mean_wind_m_s: float = 7.0
     weibull_k: float = 2.0
+    periods: tuple[WeatherPeriod, ...] = ()  # in time order
 
 
 @dataclass(frozen=True, kw_only=True)

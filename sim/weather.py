@@ -82,13 +82,16 @@ class Weather:
         load_noise = np.empty(n)
         u_switch = rng.random(n)
         regimes_draw = rng.choice(3, size=n, p=probs)
+        forced, wind_mean = self._periods(t0_s, n)
         e = rng.standard_normal((4, n))
         phi_wind = math.exp(-1.0 / 360.0)
         phi_gust = math.exp(-1.0 / 2.0)
         phi_load = math.exp(-1.0 / 15.0)
         alpha_mean = 1.0 - math.exp(-1.0 / 10.0)
         for i in range(n):
-            if u_switch[i] < p_switch:
+            if forced[i] >= 0:
+                st.regime = int(forced[i])
+            elif u_switch[i] < p_switch:
                 st.regime = int(regimes_draw[i])
             mean, sd, tau = _REGIMES[st.regime]
             phi = math.exp(-1.0 / tau)
@@ -102,7 +105,7 @@ class Weather:
             st.load_noise = phi_load * st.load_noise + 0.015 * math.sqrt(1 - phi_load**2) * e[3, i]
             load_noise[i] = st.load_noise
         k = np.clip(k, 0.05, 1.0)
-        scale = w.mean_wind_m_s / gamma(1.0 + 1.0 / w.weibull_k)
+        scale = wind_mean / gamma(1.0 + 1.0 / w.weibull_k)
         u = np.clip(norm.cdf(wind_z), 1e-9, 1 - 1e-9)
         wind = scale * (-np.log1p(-u)) ** (1.0 / w.weibull_k) * (1.0 + gust)
         wind = np.clip(wind, 0.0, None)
@@ -126,6 +129,18 @@ class Weather:
         for ld in sp.loads:
             day.load_w[ld.id] = ld.peak_w * (ld.min_ratio + (1 - ld.min_ratio) * load_factor)
         return day
+
+    def _periods(self, t0_s: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per minute of a day: the forced regime (-1: none) and the mean wind [m/s]."""
+        forced = np.full(n, -1, dtype=int)
+        wind = np.full(n, self.spec.weather.mean_wind_m_s)
+        t = t0_s + 60.0 * np.arange(n)
+        for p in self.spec.weather.periods:  # later periods override earlier ones
+            on = t >= p.start_s
+            forced[on] = -1 if p.regime is None else p.regime
+            wind[on] = self.spec.weather.mean_wind_m_s if p.mean_wind_m_s is None \
+                else p.mean_wind_m_s
+        return forced, wind
 
     def day_for(self, t_s: float) -> DayWeather:
         """The day containing ``t_s``, generating the days up to it if needed."""

@@ -15,6 +15,7 @@ block the loop. MQTT publishing is a separate owner task (see :mod:`vpp.mqtt`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -96,6 +97,7 @@ class ControllerState:
     control_steps: int = 0
     last_step_at: datetime | None = None
     written_w: dict[str, float] = field(default_factory=dict)
+    export_cap_w: float = 0.0  # the cap in force now [W]
 
 
 class Controller:
@@ -110,7 +112,7 @@ class Controller:
         self.mqtt = mqtt
         self.metrics = metrics
         self.control_interval_s = control_interval_s or config.control.interval_s
-        self.state = ControllerState()
+        self.state = ControllerState(export_cap_w=config.pcc.export_cap_w)
         self.connections: dict[tuple[str, int], ModbusConnection] = {}
         self.devices: dict[str, Device] = {}
         # every sample, stamped at its read, goes through one bounded queue to storage
@@ -169,6 +171,8 @@ class Controller:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="vpp-compute")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="vpp-storage")
         self._next_forecast: datetime | None = None
+        self._caps: list[tuple[datetime, float]] = []  # grid instructions: (effective, cap)
+        self._replan = asyncio.Event()  # set: plan now, not at the next interval
         self._next_fit: datetime | None = None
         self._stored: dict[tuple[str, str], Sample] = {}
         self._next_publish_wall = 0.0
@@ -214,7 +218,8 @@ class Controller:
                 tasks = [tg.create_task(self._every(self.control_interval_s, self.control_step),
                                         name="vpp.control"),
                          tg.create_task(self._every(self.config.dispatch.interval_s,
-                                                    self.plan_step), name="vpp.planner"),
+                                                    self.plan_step, wake=self._replan),
+                                        name="vpp.planner"),
                          tg.create_task(self._every(self.config.polling.slow_interval_s,
                                                     self.slow_poll), name="vpp.slow_poll")]
                 if beats:
@@ -226,11 +231,20 @@ class Controller:
         finally:
             await self.close()
 
-    async def _every(self, interval_s: float, step: Any) -> None:
-        """Run ``step`` every ``interval_s``; an error is logged and counted, never fatal."""
+    async def _every(self, interval_s: float, step: Any, *,
+                     wake: asyncio.Event | None = None) -> None:
+        """Run ``step`` every ``interval_s`` (and at once when ``wake`` is set); an error is
+        logged and counted, never fatal."""
         nxt = self.clock.now()
         while True:
-            await self.clock.sleep_until(nxt)
+            if wake is None:
+                await self.clock.sleep_until(nxt)
+            else:
+                wait_s = max(0.0, (nxt - self.clock.now()).total_seconds()) / self.clock.speed
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait_s):
+                        await wake.wait()
+                wake.clear()
             started = self.clock.now()
             try:
                 await step()
@@ -312,6 +326,33 @@ class Controller:
         self._start_polls(PollClass.SLOW)
         await self.write_fallback_limits(only_if_changed=True)
 
+    # -- the export cap ---------------------------------------------------------------------
+
+    def instruct_cap(self, effective: datetime, export_cap_w: float) -> None:
+        """A grid instruction: from ``effective`` on, the export cap is ``export_cap_w``
+        [W]. Plans made from now on keep it; enforcement meets it as it takes effect."""
+        if not export_cap_w > 0:
+            raise ValueError(f"export_cap_w must be > 0 W, got {export_cap_w}")
+        self._caps = sorted([*(c for c in self._caps if c[0] != effective),
+                             (effective, export_cap_w)])
+        log.info("export cap %.1f MW from %s", export_cap_w / 1e6, effective.isoformat())
+        self._replan.set()
+
+    def export_cap_at(self, t: datetime) -> float:
+        """The cap in force at ``t`` [W]: the last instruction effective by then, else the
+        configured cap."""
+        cap = self.config.pcc.export_cap_w
+        for effective, c in self._caps:
+            if effective > t:
+                break
+            cap = c
+        return cap
+
+    def lowest_cap_w(self) -> float:
+        """The lowest cap in force now or instructed for later [W]."""
+        now = self.clock.now()
+        return min([self.export_cap_at(now), *(c for t, c in self._caps if t > now)])
+
     async def write_fallback_limits(self, *, only_if_changed: bool = False) -> None:
         """Give each generator that has one a fallback limit: its share of the cap, applied
         by the device itself if heartbeats stop, so a dead controller still keeps the cap.
@@ -321,7 +362,7 @@ class Controller:
         with_fallback = [g for g in self.generators if has[g.id]]
         if not with_fallback:
             return
-        budget = self.config.pcc.export_cap_w * (1.0 - self.config.control.margin_ratio) - sum(
+        budget = self.lowest_cap_w() * (1.0 - self.config.control.margin_ratio) - sum(
             g.rated_power_w for g in self.generators if not has[g.id])
         if budget <= 0:
             log.error("generators without a fallback limit can exceed the cap on their own "
@@ -421,14 +462,19 @@ class Controller:
         for b in self.batteries:
             dev = self.devices[b.id]
             p, soc = dev.value("active_power_w"), dev.value("soc")
-            usable = b.id in polled and p is not None and soc is not None
+            usable = (b.id in polled and p is not None and soc is not None
+                      and not capabilities.in_fault(dev))
             bats.append(BatteryNow(
                 id=b.id, power_w=p if p is not None else written.get(b.id, 0.0),
                 soc=soc if soc is not None else b.soc_min, capacity_wh=b.capacity_wh,
                 max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w,
                 soc_min=b.soc_min, soc_max=b.soc_max, planned_w=self._planned(b.id, now),
                 controllable=usable))
-        cmd = enforce(export_w=export, cap_w=self.config.pcc.export_cap_w, generators=gens,
+        # a cut announced for the next steps is met already: limits need a step to act
+        cap = min(self.export_cap_at(now), self.export_cap_at(
+            now + timedelta(seconds=2 * self.control_interval_s)))
+        self.state.export_cap_w = self.export_cap_at(now)
+        cmd = enforce(export_w=export, cap_w=cap, generators=gens,
                       batteries=bats, params=self.enforce_params)
         await self._apply(cmd, gens, bats)
         st = self.state
@@ -567,7 +613,7 @@ class Controller:
                 m.worst_export.set(cmd.worst_export_w)
         if export is not None:
             m.pcc_export.set(export)
-        m.export_cap.set(self.config.pcc.export_cap_w)
+        m.export_cap.set(self.state.export_cap_w)
         m.control_steps.inc()
         if self.mqtt is not None:
             m.mqtt_buffer.set(self.mqtt.buffered)
@@ -590,7 +636,7 @@ class Controller:
         cmd = self.state.command
         self.mqtt.publish("pcc", {
             "ts": now, "export_w": self.state.export_w,
-            "export_cap_w": self.config.pcc.export_cap_w,
+            "export_cap_w": self.state.export_cap_w,
             "mode": cmd.mode.value if cmd else None,
             "worst_export_w": cmd.worst_export_w if cmd else None})
 
@@ -674,7 +720,10 @@ class Controller:
             gen_high_w={g: aligned(g, d.generation_quantile) for g in gens},
             load_low_w=aligned("load", d.load_quantile), load_mid_w=aligned("load", 0.5),
             load_high_w=aligned("load", 1 - d.load_quantile),
-            export_cap_w=np.full(T, self.config.pcc.export_cap_w),
+            export_cap_w=np.array([  # the lowest cap in force during each step
+                min(self.export_cap_at(start + timedelta(seconds=k * d.step_s)),
+                    self.export_cap_at(start + timedelta(seconds=(k + 1) * d.step_s - 1)))
+                for k in range(T)]),
             import_limit_w=np.full(T, self.config.pcc.import_limit_w), soc=soc)
 
     async def solve(self, now: datetime) -> Schedule:

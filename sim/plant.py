@@ -45,8 +45,9 @@ class RunStats:
     minutes: list[tuple[float, float, float, float]] = field(default_factory=list)
     """Per simulated minute: (t_s, max export [W], uncontrolled export [W], cap [W])."""
     trace: list[dict[str, float]] = field(default_factory=list)
-    """Per simulated minute, at its end: ``t_s``, and per device ``<id>.power_w``, per
-    generator ``<id>.available_w``, per battery ``<id>.soc``."""
+    """Per simulated minute, at its end ``t_s``: the minute's ``max_export_w`` and
+    ``uncontrolled_w``, the ``cap_w``, and per device ``<id>.power_w``, per generator
+    ``<id>.available_w``, per battery ``<id>.soc``."""
 
     @property
     def renewable_wh(self) -> float:
@@ -104,6 +105,7 @@ class Plant:
         self.export_w = 0.0
         self.stats = RunStats()
         self.stats.battery_stored_start_wh = self._stored_wh()
+        self._battery_at_open = (0.0, 0.0, 0.0)
         self._minute_start = math.floor(start_s / 60.0) * 60.0
         self._minute_max = -math.inf
         self._minute_unctl = -math.inf
@@ -142,6 +144,18 @@ class Plant:
             self._revert_at_s[asset_id] = self.t_s + revert_s
         else:
             self._revert_at_s.pop(asset_id, None)
+
+    def open_books(self) -> None:
+        """Start the run's statistics afresh from now (after a warm-up); the batteries'
+        counters and stored energy are taken as they are at this instant."""
+        self.stats = RunStats()
+        self.stats.battery_stored_start_wh = self._stored_wh()
+        self._battery_at_open = (  # the devices' own counters run on; the books subtract
+            sum(b.charged_wh for b in self.battery.values()),
+            sum(b.discharged_wh for b in self.battery.values()),
+            sum(b.loss_wh for b in self.battery.values()))
+        self._minute_start = self.t_s
+        self._minute_max = self._minute_unctl = -math.inf
 
     def schedule_cap(self, at_s: float, cap_w: float) -> None:
         """From simulated time ``at_s`` on, the meter judges export against ``cap_w``."""
@@ -223,14 +237,15 @@ class Plant:
         if self.t_s - self._minute_start >= 60.0:
             st.minutes.append((self._minute_start, self._minute_max, self._minute_unctl,
                                self.export_cap_w))
-            st.trace.append(self._snapshot())
+            st.trace.append(self._snapshot(self._minute_start + 60.0))
             self._minute_start += 60.0
             self._minute_max = self._minute_unctl = -math.inf
         self._minute_max = max(self._minute_max, export)
         self._minute_unctl = max(self._minute_unctl, uncontrolled)
 
-    def _snapshot(self) -> dict[str, float]:
-        row = {"t_s": self.t_s}
+    def _snapshot(self, t_s: float) -> dict[str, float]:
+        row = {"t_s": t_s, "max_export_w": self._minute_max,
+               "uncontrolled_w": self._minute_unctl, "cap_w": self.export_cap_w}
         for d in self.spec.devices():
             row[f"{d.id}.power_w"] = self.power_w[d.id]
         for gid, _ in self._generators:
@@ -250,9 +265,10 @@ class Plant:
     def finish(self) -> RunStats:
         """Close the run's statistics: the batteries' counters and stored energy at the end."""
         st = self.stats
-        st.battery_charge_wh = sum(b.charged_wh for b in self.battery.values())
-        st.battery_discharge_wh = sum(b.discharged_wh for b in self.battery.values())
-        st.battery_loss_wh = sum(b.loss_wh for b in self.battery.values())
+        c0, d0, l0 = self._battery_at_open
+        st.battery_charge_wh = sum(b.charged_wh for b in self.battery.values()) - c0
+        st.battery_discharge_wh = sum(b.discharged_wh for b in self.battery.values()) - d0
+        st.battery_loss_wh = sum(b.loss_wh for b in self.battery.values()) - l0
         st.battery_stored_end_wh = self._stored_wh()
         return st
 

@@ -110,6 +110,9 @@ class Scenario(_Model):
                                   "the demo county); --config overrides it")
     start: datetime
     duration_h: float = Field(gt=0, le=24 * 14)
+    warmup_s: float = Field(default=600.0, ge=0, le=86400,
+                            description="the controller runs this long before the start; "
+                                        "the report covers [start, start + duration_h)")
     seed: int = 1
     speed: float = Field(default=600.0, gt=0, le=10_000,
                          description="time acceleration for 'vpp sim run'")

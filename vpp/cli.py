@@ -209,5 +209,87 @@ def sim_serve(
     _run(go())
 
 
+def _scenario_config(scenario_arg: str, named: str | None) -> Path:
+    """The site configuration a scenario runs on: --config, else the scenario's own
+    (relative to its file; 'demo' is the demo county)."""
+    from sim.scenario import scenario_path
+    if named is None or named == "demo":
+        return default_demo_config()
+    path = Path(named)
+    return path if path.is_absolute() else scenario_path(scenario_arg).parent / path
+
+
+@sim_app.command("run")
+def sim_run(
+    scenario: Annotated[str, typer.Argument(help="a shipped scenario's name or a scenario "
+                                            "file (.toml); `vpp sim scenarios` lists them")],
+    report: Annotated[Path, typer.Option(help="directory for report.json and the plots")],
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="site configuration; "
+                                                "default: the scenario's")] = None,
+    speed: Annotated[float | None, typer.Option(help="time acceleration (default: the "
+                                                "scenario's)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Play a scenario against the real controller over Modbus TCP; write the report and
+    plots."""
+    _logging(verbose)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sim.scenario import ScenarioError, load_scenario
+    from vpp.demo import write_report
+    from vpp.live import LiveView
+    from vpp.simplots import write_plots
+    from vpp.simrun import ScenarioRun
+    try:
+        sc = load_scenario(scenario)
+    except ScenarioError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if speed is not None and not 0 < speed <= 10_000:
+        err.print(f"--speed {speed} is not allowed: use a value in (0, 10000]")
+        raise typer.Exit(2)
+    cfg = _load(config or _scenario_config(scenario, sc.config))
+    try:
+        run = ScenarioRun(sc, cfg, speed=speed)
+    except ValueError as exc:
+        err.print(f"scenario {sc.name} does not fit {cfg.site.id}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+    async def go() -> None:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                      TextColumn("{task.percentage:>5.1f}%"), TextColumn("{task.fields[now]}"),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task(sc.name, total=1.0, now="")
+
+            def tick() -> None:
+                now = run.demo.clock.now().astimezone(sc.start.tzinfo)
+                bar.update(task, completed=run.progress, now=now.strftime("%Y-%m-%d %H:%M"))
+            async with run:
+                await run.wait(on_tick=tick)
+            tick()
+    _run(go())
+    rep = run.report()
+    report.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(
+        run.demo.sim.plant.stats, out_dir=report, tz=cfg.site.timezone,
+        generators=[a.id for a in cfg.assets if a.kind in ("pv", "wind")],
+        batteries=[a.id for a in cfg.assets if a.kind == "battery"],
+        forecasts=run.forecasts.vintages, title=f"{sc.name} on {cfg.site.id}")
+    rep["plots"] = [p.name for p in plots]
+    write_report(rep, report / "report.json")
+    LiveView.print_report(console, rep)
+    console.print(f"report and {len(plots)} plots written to {report}")
+
+
+@sim_app.command("scenarios")
+def sim_scenarios() -> None:
+    """List the shipped scenarios."""
+    from sim.scenario import load_scenario, shipped_scenarios
+    for name in shipped_scenarios():
+        sc = load_scenario(name)
+        console.print(f"[bold]{name}[/]: {sc.description} ({sc.duration_h:g} h from "
+                      f"{sc.start.isoformat()})", highlight=False)
+
+
 if __name__ == "__main__":
     app()

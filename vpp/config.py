@@ -193,6 +193,9 @@ class ControlSection(_Frozen):
 
 class PollingSection(_Frozen):
     timeout_s: float = Field(default=1.0, gt=0, le=30)
+    backoff_max_s: float = Field(
+        default=5.0, gt=0, le=300,
+        description="longest wait before reconnecting to a device, in the clock's seconds")
     slow_interval_s: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=64, ge=1, le=10_000)
     sample_queue_size: int = Field(default=100_000, ge=100)

@@ -66,6 +66,9 @@ from vpp.mqtt import MqttBridge
 from vpp.storage import Storage
 
 log = logging.getLogger(__name__)
+# a reading beyond its asset's rating by more than this share is implausible (a device
+# that lies): generators may overshoot their nameplate a little, never by half
+PLAUSIBLE_RATIO = 0.2
 
 
 class Clock(Protocol):
@@ -121,9 +124,11 @@ class Controller:
         for a in config.assets:
             key = (a.host, a.port)
             if key not in self.connections:
-                self.connections[key] = ModbusConnection(host=a.host, port=a.port,
-                                                         timeout_s=config.polling.timeout_s,
-                                                         limiter=limiter)
+                # the backoff is in the clock's seconds: at ×600 a 5 s wait is 50 minutes
+                self.connections[key] = ModbusConnection(
+                    host=a.host, port=a.port, timeout_s=config.polling.timeout_s,
+                    backoff_max_s=max(0.05, config.polling.backoff_max_s / clock.speed),
+                    limiter=limiter)
             profile = (Profile(name=SUNSPEC, kind=a.kind, points=()) if a.profile == SUNSPEC
                        else load_profile(a.profile))  # SunSpec: discovered at start
             self.devices[a.id] = Device(asset_id=a.id, profile=profile,
@@ -173,6 +178,8 @@ class Controller:
         self._next_forecast: datetime | None = None
         self._caps: list[tuple[datetime, float]] = []  # grid instructions: (effective, cap)
         self._replan = asyncio.Event()  # set: plan now, not at the next interval
+        self._beat_withheld = False
+        self._implausible: set[str] = set()  # assets whose readings their ratings rule out
         self._next_fit: datetime | None = None
         self._stored: dict[tuple[str, str], Sample] = {}
         self._next_publish_wall = 0.0
@@ -381,8 +388,13 @@ class Controller:
         last = self.state.last_step_at
         if last is None or (self.clock.now() - last).total_seconds() > max(
                 60.0, 3 * self.control_interval_s):
-            log.warning("no control step succeeded lately: heartbeat withheld")
+            if not self._beat_withheld:
+                log.warning("no control step succeeded lately: heartbeat withheld")
+            self._beat_withheld = True
             return
+        if self._beat_withheld:
+            log.warning("control steps succeed again: heartbeat resumed")
+        self._beat_withheld = False
         self._heartbeat = (self._heartbeat + 1) % 0x10000
         await asyncio.gather(*(
             self._write(aid, d.profile.heartbeat.point, float(self._heartbeat), record=False,
@@ -450,6 +462,8 @@ class Controller:
         for g in self.generators:
             dev = self.devices[g.id]
             out, limit = dev.value("active_power_w"), capabilities.active_power_limit_w(dev)
+            out = self._plausible(g.id, out, -PLAUSIBLE_RATIO * g.rated_power_w,
+                                  (1 + PLAUSIBLE_RATIO) * g.rated_power_w)
             usable = g.id in polled and out is not None and limit is not None
             if out is not None:
                 self._last_output[g.id] = out
@@ -462,6 +476,8 @@ class Controller:
         for b in self.batteries:
             dev = self.devices[b.id]
             p, soc = dev.value("active_power_w"), dev.value("soc")
+            p = self._plausible(b.id, p, -(1 + PLAUSIBLE_RATIO) * b.max_charge_w,
+                                (1 + PLAUSIBLE_RATIO) * b.max_discharge_w)
             usable = (b.id in polled and p is not None and soc is not None
                       and not capabilities.in_fault(dev))
             bats.append(BatteryNow(
@@ -485,6 +501,21 @@ class Controller:
             if self.metrics is not None:
                 self.metrics.fallbacks.inc()
         self._record(now, export)
+
+    def _plausible(self, asset_id: str, value: float | None, lo: float,
+                   hi: float) -> float | None:
+        """A reading the device calls good but its asset's ratings rule out is not used
+        (a device that lies is flagged, never trusted)."""
+        if value is None:
+            return None
+        if lo <= value <= hi:
+            self._implausible.discard(asset_id)
+            return value
+        if asset_id not in self._implausible:
+            log.warning("%s reads %.0f W, outside what its ratings allow [%.0f, %.0f] W: "
+                        "not used", asset_id, value, lo, hi)
+            self._implausible.add(asset_id)
+        return None
 
     def _unchanged(self, asset_id: str, new: float, readback: float | None,
                    scale: float) -> bool:

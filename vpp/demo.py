@@ -24,6 +24,7 @@ import pandas as pd
 
 from sim import SimClock, SimulatedPlant
 from sim.plant import VIOLATION_TOLERANCE_RATIO, RunStats
+from sim.spec import PlantSpec
 from vpp.broker import port_is_free
 from vpp.config import SiteConfig
 from vpp.service import Services
@@ -51,6 +52,7 @@ class DemoOptions:
     control_interval_s: float | None = None
     ephemeral_ports: bool = False  # tests: let the OS choose every port
     data_dir: Path | None = None
+    adjust_spec: Callable[[PlantSpec], PlantSpec] | None = None  # a scenario's changes
 
 
 class Demo:
@@ -71,7 +73,10 @@ class Demo:
         if busy or options.ephemeral_ports:
             config = config.model_copy(update={"assets": tuple(
                 a.model_copy(update={"port": 0}) for a in config.assets)})
-        self.sim = SimulatedPlant(plant_spec(config), clock=self.clock, seed=self.seed,
+        spec = plant_spec(config)
+        if options.adjust_spec is not None:
+            spec = options.adjust_spec(spec)
+        self.sim = SimulatedPlant(spec, clock=self.clock, seed=self.seed,
                                   history_days=config.sim.history_days)
         self.config = config
         self.control_interval_s = options.control_interval_s or auto_control_interval_s(

@@ -22,7 +22,8 @@ Batteries taper their charge and discharge as the SOC nears its bounds, so a bat
 never stops abruptly at a bound (which would throw its power onto the PCC at once).
 
 If the PCC measurement is lost, the loop fails safe: no limit is raised, no battery
-discharge increases, and generation is held at or below what it was.
+discharge increases, generation is held at or below what it was, and whatever a battery
+must give back (its charge tapering near full) is cut from generation.
 
 An asset whose own reading cannot be trusted is *held*: nothing is written to it, and a
 held generator's possible rise up to its limit is reserved out of the room the others get.
@@ -132,9 +133,14 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
     notes: list[str] = [f"{a} held: its reading is not usable" for a in [*held, *held_b]]
 
     if export_w is None:
-        # fail safe: hold generation at or below its output, never discharge more
+        # fail safe: hold generation at or below its output, never discharge more; what the
+        # batteries must give back (charging tapers near full) comes off generation
         hold = {g.id: min(g.limit_w, g.output_w) for g in generators}
         bats = {b.id: max(min(b.planned_w, b.power_w), lo[b.id]) for b in batteries}
+        rise = sum(max(0.0, bats[b.id] - b.power_w) for b in batteries)
+        if rise > 0:
+            cut = _spread(rise, {g.id: g.output_w for g in generators})
+            hold = {k: max(0.0, v - cut[k]) for k, v in hold.items()}
         return Command(limits_w={**hold, **held}, battery_w={**bats, **held_b},
                        mode=EnforceMode.PCC_LOST,
                        target_w=target, room_w=float("nan"), worst_export_w=float("nan"),

@@ -1,0 +1,162 @@
+"""``vpp sim run``: a scenario played against the real controller, with a report and plots.
+
+The plant is the site configuration's, served over Modbus TCP by the simulator; the
+scenario sets its start, seed, weather, load level, the grid company's cap instructions
+(told to the controller ``notice_s`` ahead, judged by the simulator's meter from their
+effective time) and its faults. The report is the demo report's keys, measured on the
+simulator's side, plus the scenario and what was injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sim.inject import FaultInjector
+from sim.scenario import REGIME_INDEX, Scenario
+from sim.spec import PlantSpec, WeatherPeriod, WeatherSpec
+from vpp.config import SiteConfig
+from vpp.demo import Demo, DemoOptions
+
+log = logging.getLogger(__name__)
+
+FORECAST_LEAD_S = 3600.0  # the forecast plotted is the one issued this long ahead
+
+
+def scenario_config(config: SiteConfig, scenario: Scenario) -> SiteConfig:
+    """The site configuration with the scenario's start (less the warm-up), seed and
+    weather in its [sim]."""
+    sim = config.sim.model_copy(update={
+        "start": (scenario.start - timedelta(seconds=scenario.warmup_s)).isoformat(),
+        "seed": scenario.seed,
+        "cloudiness": scenario.weather.cloudiness,
+        "mean_wind_m_s": scenario.weather.mean_wind_m_s})
+    return config.model_copy(update={"sim": sim})
+
+
+def scenario_spec(scenario: Scenario) -> Callable[[PlantSpec], PlantSpec]:
+    """What the scenario changes in the plant: weather periods and the load level."""
+    periods = tuple(WeatherPeriod(
+        start_s=scenario.at(p.from_h).timestamp(),
+        regime=None if p.regime is None else REGIME_INDEX[p.regime],
+        mean_wind_m_s=p.mean_wind_m_s) for p in scenario.weather.periods)
+
+    def adjust(spec: PlantSpec) -> PlantSpec:
+        weather: WeatherSpec = dataclasses.replace(spec.weather, periods=periods)
+        loads = tuple(dataclasses.replace(ld, peak_w=ld.peak_w * scenario.load_scale)
+                      for ld in spec.loads)
+        return dataclasses.replace(spec, weather=weather, loads=loads)
+
+    return adjust
+
+
+class ForecastRecorder:
+    """Keeps every forecast vintage the controller issues (for the plots)."""
+
+    def __init__(self) -> None:
+        self.vintages: dict[str, list[Any]] = {}
+        self._seen: dict[str, Any] = {}
+
+    def poll(self, forecasts: dict[str, Any]) -> None:
+        for name, fc in forecasts.items():
+            if self._seen.get(name) is not fc:
+                self._seen[name] = fc
+                self.vintages.setdefault(name, []).append(fc)
+
+
+class ScenarioRun:
+    """A scenario against the controller; use as an async context manager, then ``wait``."""
+
+    def __init__(self, scenario: Scenario, config: SiteConfig, *, speed: float | None = None,
+                 ephemeral_ports: bool = False, data_dir: Path | None = None,
+                 control_interval_s: float | None = None) -> None:
+        self.scenario = scenario
+        self.demo = Demo(scenario_config(config, scenario), DemoOptions(
+            hours=scenario.duration_h + scenario.warmup_s / 3600.0,
+            speed=speed or scenario.speed, seed=scenario.seed,
+            ephemeral_ports=ephemeral_ports, data_dir=data_dir,
+            control_interval_s=control_interval_s, adjust_spec=scenario_spec(scenario)))
+        self.injector = FaultInjector(self.demo.sim, scenario)
+        self.forecasts = ForecastRecorder()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _open_books(self) -> None:
+        """At the scenario's start (the controller in control since the warm-up), the
+        meter's books open."""
+        await self.demo.clock.sleep_until(self.scenario.start)
+        plant = self.demo.sim.plant
+        plant.advance_to(self.scenario.start.timestamp())
+        plant.open_books()
+
+    async def _instruct(self) -> None:
+        """Tell the controller each cap change ``notice_s`` before it takes effect."""
+        clock = self.demo.clock
+        for change in self.scenario.cap:
+            effective = self.scenario.at(change.at_h)
+            tell = effective - timedelta(seconds=change.notice_s)
+            await clock.sleep_until(tell)
+            ctrl = self.demo.controller
+            if ctrl is not None:
+                ctrl.instruct_cap(effective, change.export_cap_w)
+
+    async def __aenter__(self) -> ScenarioRun:
+        await self.demo.__aenter__()
+        try:
+            await self.injector.__aenter__()
+        except BaseException:
+            await self.demo.__aexit__(None, None, None)
+            raise
+        self._tasks.append(asyncio.create_task(self._instruct(), name="sim.cap_instructions"))
+        self._tasks.append(asyncio.create_task(self._open_books(), name="sim.open_books"))
+        return self
+
+    async def wait(self, on_tick: Callable[[], None] | None = None) -> None:
+        def tick() -> None:
+            ctrl = self.demo.controller
+            if ctrl is not None:
+                self.forecasts.poll(ctrl.state.forecasts)
+            if on_tick is not None:
+                on_tick()
+        await self.demo.wait(on_tick=tick)
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        try:
+            await self.injector.__aexit__(None, None, None)
+        finally:
+            await self.demo.__aexit__(None, None, None)
+
+    @property
+    def progress(self) -> float:
+        """Share of the run done (warm-up included), 0..1."""
+        total_s = self.scenario.duration_h * 3600.0 + self.scenario.warmup_s
+        return min(1.0, self.demo.clock.elapsed_s() / total_s)
+
+    def report(self) -> dict[str, Any]:
+        rep = self.demo.report()
+        sc = self.scenario
+        rep.update({
+            "start": sc.start.isoformat(),
+            "end": (sc.start + timedelta(hours=rep["sim_hours"])).isoformat(),
+            "warmup_s": sc.warmup_s,
+            "scenario": sc.name,
+            "scenario_description": sc.description,
+            "cap_changes": [{"at": sc.at(c.at_h).isoformat(), "export_cap_w": c.export_cap_w,
+                             "notice_s": c.notice_s} for c in sc.cap],
+            "faults": [{"t": _iso(e.t_s, sc), "device": e.device, "kind": e.kind,
+                        "action": e.action} for e in self.injector.events],
+        })
+        return rep
+
+
+def _iso(t_s: float, sc: Scenario) -> str:
+    return datetime.fromtimestamp(t_s, sc.start.tzinfo).isoformat()

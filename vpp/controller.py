@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +70,11 @@ log = logging.getLogger(__name__)
 # a reading beyond its asset's rating by more than this share is implausible (a device
 # that lies): generators may overshoot their nameplate a little, never by half
 PLAUSIBLE_RATIO = 0.2
+# a request timeout shorter than this [wall s] would fire while the loop is merely busy
+MIN_WALL_TIMEOUT_S = 0.1
+# with the PCC meter lost, export estimated from every device's reading keeps control,
+# with this much more margin (unmeasured losses, reading skew)
+ESTIMATE_MARGIN_RATIO = 0.03
 
 
 class Clock(Protocol):
@@ -124,9 +130,11 @@ class Controller:
         for a in config.assets:
             key = (a.host, a.port)
             if key not in self.connections:
-                # the backoff is in the clock's seconds: at ×600 a 5 s wait is 50 minutes
+                # timeouts and backoff are in the clock's seconds: at ×600 a 1 s wall timeout
+                # would leave the PCC meter unread for 10 simulated minutes
                 self.connections[key] = ModbusConnection(
-                    host=a.host, port=a.port, timeout_s=config.polling.timeout_s,
+                    host=a.host, port=a.port,
+                    timeout_s=max(MIN_WALL_TIMEOUT_S, config.polling.timeout_s / clock.speed),
                     backoff_max_s=max(0.05, config.polling.backoff_max_s / clock.speed),
                     limiter=limiter)
             profile = (Profile(name=SUNSPEC, kind=a.kind, points=()) if a.profile == SUNSPEC
@@ -486,12 +494,22 @@ class Controller:
                 max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w,
                 soc_min=b.soc_min, soc_max=b.soc_max, planned_w=self._planned(b.id, now),
                 controllable=usable))
+        estimated = export is None
+        if estimated:
+            export = self._export_from_devices(polled, gens, bats)
+            estimated = export is not None
         # a cut announced for the next steps is met already: limits need a step to act
         cap = min(self.export_cap_at(now), self.export_cap_at(
             now + timedelta(seconds=2 * self.control_interval_s)))
         self.state.export_cap_w = self.export_cap_at(now)
-        cmd = enforce(export_w=export, cap_w=cap, generators=gens,
-                      batteries=bats, params=self.enforce_params)
+        params = self.enforce_params
+        if estimated:
+            params = dataclasses.replace(
+                params, margin_ratio=params.margin_ratio + ESTIMATE_MARGIN_RATIO)
+        cmd = enforce(export_w=export, cap_w=cap, generators=gens, batteries=bats,
+                      params=params)
+        if estimated:
+            cmd.notes.append("PCC meter lost: export estimated from every device's reading")
         await self._apply(cmd, gens, bats)
         st = self.state
         st.export_w, st.command, st.last_step_at = export, cmd, now
@@ -501,6 +519,21 @@ class Controller:
             if self.metrics is not None:
                 self.metrics.fallbacks.inc()
         self._record(now, export)
+
+    def _export_from_devices(self, polled: set[str], gens: list[GeneratorNow],
+                             bats: list[BatteryNow]) -> float | None:
+        """Export [W] as the sum of every generator, battery and load read good (and
+        plausible) in this step, generator convention; None when any of them is not."""
+        if not all(g.controllable for g in gens) or any(
+                b.id not in polled or self.devices[b.id].value("active_power_w") is None
+                for b in bats):
+            return None
+        loads = [self.devices[ld.id].value("active_power_w") if ld.id in polled else None
+                 for ld in self.loads]
+        if any(v is None for v in loads):
+            return None
+        return (sum(g.output_w for g in gens) + sum(b.power_w for b in bats)
+                + sum(v for v in loads if v is not None))
 
     def _plausible(self, asset_id: str, value: float | None, lo: float,
                    hi: float) -> float | None:

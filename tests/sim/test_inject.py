@@ -1,0 +1,95 @@
+"""The fault injector on a served plant, seen through the drivers over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import pytest
+
+from drivers import Device, DeviceError, ModbusConnection, PollClass, Quality, capabilities
+from drivers import load_profile as profile_of
+from sim import SimClock, SimulatedPlant
+from sim.inject import FaultInjector
+from sim.scenario import Fault, FaultType, Scenario
+from vpp.config import SiteConfig
+from vpp.simbridge import plant_spec
+
+START = datetime(2026, 4, 15, 4, tzinfo=UTC)  # noon local
+
+
+def _scenario(*faults: Fault) -> Scenario:
+    return Scenario(name="t", start=START, duration_h=1, faults=faults)
+
+
+def _ephemeral(cfg: SiteConfig) -> SiteConfig:
+    return cfg.model_copy(update={"assets": tuple(a.model_copy(update={"port": 0})
+                                                  for a in cfg.assets)})
+
+
+async def _device(sim: SimulatedPlant, cfg: SiteConfig, asset_id: str) -> Device:
+    host, port = sim.endpoint_of(asset_id)
+    a = cfg.asset(asset_id)
+    conn = ModbusConnection(host=host, port=port, timeout_s=0.2, backoff_max_s=0.05)
+    return Device(asset_id=asset_id, profile=profile_of(a.profile), connection=conn,
+                  unit_id=a.unit_id, now=lambda: datetime.now(UTC))
+
+
+async def test_faults_start_and_end_as_the_drivers_see_them(demo_config: SiteConfig) -> None:
+    cfg = _ephemeral(demo_config)
+    faults = (Fault(at_h=0.1, device="pcc", kind=FaultType.OFFLINE),
+              Fault(at_h=0.1, device="wf1", kind=FaultType.GARBAGE, point="active_power_w",
+                    value=2.0e9),
+              Fault(at_h=0.1, device="bess1", kind=FaultType.TRIP),
+              Fault(at_h=0.1, device="pv1", kind=FaultType.EXCEPTION, code=6))
+    clock = SimClock(start=START, speed=1.0)
+    async with SimulatedPlant(plant_spec(cfg), clock=clock, seed=2) as sim:
+        inj = FaultInjector(sim, _scenario(*faults))
+        devs = {a: await _device(sim, cfg, a) for a in ("pcc", "wf1", "bess1", "pv1")}
+        try:
+            for d in devs.values():
+                await d.poll(PollClass.ONCE)
+                await d.poll(PollClass.FAST)
+            assert devs["pcc"].value("export_w") is not None
+            assert not capabilities.in_fault(devs["bess1"])
+            for f in faults:
+                inj.start(f)
+            for d in devs.values():
+                await d.poll(PollClass.FAST)
+            assert devs["pcc"].latest["export_w"].quality is Quality.MISSING  # silent
+            assert devs["pcc"].health.value == "offline"
+            assert devs["wf1"].value("active_power_w") == pytest.approx(2.0e9)  # the lie
+            assert capabilities.in_fault(devs["bess1"])
+            assert devs["pv1"].health.value == "offline"  # every request refused
+            with pytest.raises(DeviceError, match="exception 6"):
+                await devs["pv1"].connection.read(profile_of("generic-pv").points[0].table,
+                                                  0, 2, 1)
+            for f in faults:
+                inj.end(f)
+            await asyncio.sleep(0.1)  # the meter's connection backs off, then reconnects
+            for _ in range(20):
+                await devs["pcc"].poll(PollClass.FAST)
+                if devs["pcc"].value("export_w") is not None:
+                    break
+                await asyncio.sleep(0.05)
+            for d in devs.values():
+                await d.poll(PollClass.FAST)
+            assert devs["pcc"].value("export_w") is not None
+            assert devs["wf1"].value("active_power_w") < 40e6
+            assert not capabilities.in_fault(devs["bess1"])
+            assert devs["pv1"].health.value == "online"
+            assert [(e.device, e.action) for e in inj.events] == [
+                ("pcc", "start"), ("wf1", "start"), ("bess1", "start"), ("pv1", "start"),
+                ("pcc", "end"), ("wf1", "end"), ("bess1", "end"), ("pv1", "end")]
+        finally:
+            for d in devs.values():
+                d.connection.close()
+
+
+def test_a_fault_on_a_device_the_plant_lacks_is_refused(demo_config: SiteConfig) -> None:
+    clock = SimClock(start=START, speed=1.0)
+    sim = SimulatedPlant(plant_spec(_ephemeral(demo_config)), clock=clock, seed=2)
+    with pytest.raises(ValueError, match="'pv9', which the plant does not have"):
+        FaultInjector(sim, _scenario(Fault(at_h=0.1, device="pv9", kind=FaultType.OFFLINE)))
+    with pytest.raises(ValueError, match="only a battery can trip"):
+        FaultInjector(sim, _scenario(Fault(at_h=0.1, device="pv1", kind=FaultType.TRIP)))

@@ -14,21 +14,43 @@ from datetime import UTC, datetime
 
 
 class SimClock:
-    """An accelerated clock with a shared start."""
+    """An accelerated clock with a shared start.
 
-    def __init__(self, *, start: datetime, speed: float = 1.0) -> None:
+    Within one process it runs on the monotonic clock from its creation. Processes (or
+    hosts) that share one simulated time give the same ``wall_epoch_s``: the POSIX time
+    [s] at which simulated time was ``start``; they then run on the system clock.
+    """
+
+    def __init__(self, *, start: datetime, speed: float = 1.0,
+                 wall_epoch_s: float | None = None) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware")
         if not 0 < speed <= 10_000:
             raise ValueError(f"speed must be in (0, 10000], got {speed}")
         self.start = start.astimezone(UTC)
         self.speed = speed
-        self._wall0 = time.monotonic()
+        self._wall = time.monotonic if wall_epoch_s is None else time.time
+        self._wall0 = self._wall() if wall_epoch_s is None else wall_epoch_s
+        self.wall_epoch_s = time.time() - (self._wall() - self._wall0)
         self._start_s = self.start.timestamp()
+
+    def to_json(self) -> dict[str, object]:
+        """What another process needs to follow this clock (see ``from_json``)."""
+        return {"start": self.start.isoformat(), "speed": self.speed,
+                "wall_epoch_s": self.wall_epoch_s}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> SimClock:
+        try:
+            return cls(start=datetime.fromisoformat(str(data["start"])),
+                       speed=float(data["speed"]),  # type: ignore[arg-type]
+                       wall_epoch_s=float(data["wall_epoch_s"]))  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a simulator clock description ({exc}): {data!r}") from exc
 
     def time(self) -> float:
         """Simulated time as POSIX seconds [s]."""
-        return self._start_s + (time.monotonic() - self._wall0) * self.speed
+        return self._start_s + (self._wall() - self._wall0) * self.speed
 
     def now(self) -> datetime:
         """Simulated time, timezone-aware UTC."""
@@ -36,7 +58,7 @@ class SimClock:
 
     def elapsed_s(self) -> float:
         """Simulated seconds since the start [s]."""
-        return (time.monotonic() - self._wall0) * self.speed
+        return (self._wall() - self._wall0) * self.speed
 
     async def sleep(self, seconds: float) -> None:
         """Sleep for a number of simulated seconds."""

@@ -57,6 +57,25 @@ class RunStats:
     def battery_throughput_wh(self) -> float:
         return self.battery_charge_wh + self.battery_discharge_wh
 
+    def as_report(self) -> dict[str, float]:
+        """The meter's books as report keys (SI units)."""
+        return {
+            "sim_hours": self.sim_s / 3600.0,
+            "violation_tolerance_ratio": VIOLATION_TOLERANCE_RATIO,
+            "max_export_w": self.max_export_w,
+            "cap_violation_s": self.cap_violation_s,
+            "uncontrolled_max_export_w": self.uncontrolled_max_export_w,
+            "curtailed_energy_wh": self.curtailed_wh,
+            "renewable_energy_wh": self.renewable_wh,
+            "renewable_available_wh": self.renewable_available_wh,
+            "load_energy_wh": self.load_wh,
+            "export_energy_wh": self.export_wh,
+            "import_energy_wh": self.import_wh,
+            "battery_throughput_wh": self.battery_throughput_wh,
+            "battery_loss_wh": self.battery_loss_wh,
+            "energy_balance_error_ratio": self.energy_balance_error_ratio(),
+        }
+
     def energy_balance_error_ratio(self) -> float:
         """Energy conservation over the run, from independent counters.
 

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -147,13 +148,27 @@ def demo(
 @app.command()
 def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")],
+    sim_clock: Annotated[Path | None, typer.Option(
+        help="follow a simulator's clock (the file `vpp sim serve --clock-file` writes)")
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the controller in real time against the devices of a site configuration."""
+    """Run the controller against the devices of a site configuration: in real time, or on
+    a simulator's clock."""
     _logging(verbose)
     cfg = _load(config)
+    clock = None
+    if sim_clock is not None:
+        import json
+
+        from sim import SimClock
+        try:
+            clock = SimClock.from_json(json.loads(sim_clock.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            err.print(f"--sim-clock {sim_clock}: {exc}", highlight=False)
+            raise typer.Exit(1) from None
     from vpp.service import serve
-    _run(serve(cfg, console))
+    _run(serve(cfg, console, clock=clock))
 
 
 @app.command()
@@ -185,16 +200,29 @@ def sim_serve(
     seed: Annotated[int | None, typer.Option(help="weather seed")] = None,
     speed: Annotated[float, typer.Option(help="time acceleration")] = 1.0,
     start: Annotated[str | None, typer.Option(help="ISO 8601 start (default: now)")] = None,
+    clock_file: Annotated[Path | None, typer.Option(
+        help="write the clock here (JSON) for a controller to follow: vpp run --sim-clock")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(
+        help="on exit, write the simulated meter's books (JSON) here")] = None,
+    warmup: Annotated[float, typer.Option(
+        help="open the meter's books this many simulated seconds after the start")] = 0.0,
 ) -> None:
-    """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C)."""
+    """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C or SIGTERM)."""
     _logging(False)
     cfg = _load(scenario)
+    import json
+
     from sim import SimClock, SimulatedPlant
     from vpp.simbridge import plant_spec
-    t0 = datetime.fromisoformat(start) if start else datetime.now(UTC)
+    t0 = datetime.fromisoformat(start) if start else datetime.now(UTC).replace(microsecond=0)
     if t0.tzinfo is None:
         t0 = t0.replace(tzinfo=UTC)
-    clock = SimClock(start=t0, speed=speed)
+    if not 0 < speed <= 10_000 or warmup < 0:
+        err.print("--speed must be in (0, 10000] and --warmup >= 0")
+        raise typer.Exit(2)
+    clock = SimClock(start=t0, speed=speed, wall_epoch_s=time.time())
+    books: dict[str, Any] = {}
 
     async def go() -> None:
         async with SimulatedPlant(plant_spec(cfg), clock=clock,
@@ -203,10 +231,26 @@ def sim_serve(
                 host, port = sp.endpoint_of(a.id)
                 console.print(f"{a.id:>10} ({a.kind}, {a.profile}) on modbus://{host}:{port} "
                               f"unit {a.unit_id}")
+            if clock_file is not None:
+                clock_file.write_text(json.dumps(clock.to_json()) + "\n", encoding="utf-8")
             console.print(f"simulated time starts {t0.isoformat()} at ×{speed:g}; Ctrl-C stops")
             sys.stdout.flush()
-            await asyncio.Event().wait()
-    _run(go())
+            try:
+                if warmup > 0:
+                    await clock.sleep(warmup)
+                    sp.plant.advance_to(clock.time())
+                    sp.plant.open_books()
+                await asyncio.Event().wait()
+            finally:
+                sp.plant.advance_to(clock.time())
+                books.update(sp.plant.finish().as_report())
+    try:
+        _run(go())
+    finally:
+        if report is not None and books:
+            report.write_text(json.dumps({"site": cfg.site.id, "speed": speed,
+                                          "export_cap_w": cfg.pcc.export_cap_w, **books},
+                                         indent=2) + "\n", encoding="utf-8")
 
 
 def _scenario_config(scenario_arg: str, named: str | None) -> Path:

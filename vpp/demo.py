@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from sim import SimClock, SimulatedPlant
-from sim.plant import VIOLATION_TOLERANCE_RATIO, RunStats
+from sim.plant import RunStats
 from sim.spec import PlantSpec
 from vpp.broker import port_is_free
 from vpp.config import SiteConfig
@@ -167,23 +167,10 @@ class Demo:
             "end": (self.start + timedelta(seconds=st.sim_s)).isoformat(),
             "seed": self.seed,
             "speed": self.options.speed,
-            "sim_hours": st.sim_s / 3600.0,
             "wall_seconds": (self.wall_end or time.monotonic()) - self.wall_start,
             "control_interval_s": self.control_interval_s,
             "export_cap_w": self.config.pcc.export_cap_w,
-            "violation_tolerance_ratio": VIOLATION_TOLERANCE_RATIO,
-            "max_export_w": st.max_export_w,
-            "cap_violation_s": st.cap_violation_s,
-            "uncontrolled_max_export_w": st.uncontrolled_max_export_w,
-            "curtailed_energy_wh": st.curtailed_wh,
-            "renewable_energy_wh": st.renewable_wh,
-            "renewable_available_wh": st.renewable_available_wh,
-            "load_energy_wh": st.load_wh,
-            "export_energy_wh": st.export_wh,
-            "import_energy_wh": st.import_wh,
-            "battery_throughput_wh": st.battery_throughput_wh,
-            "battery_loss_wh": st.battery_loss_wh,
-            "energy_balance_error_ratio": st.energy_balance_error_ratio(),
+            **st.as_report(),
             "control_steps": ctrl.state.control_steps if ctrl else 0,
             "steps_without_plan": ctrl.state.fallback_steps if ctrl else 0,
             "mqtt_messages_sent": mqtt.sent if mqtt else 0,

@@ -142,11 +142,15 @@ class Services:
             self._tmp.cleanup()
 
 
-async def serve(config: SiteConfig, console: Console) -> None:
-    """``vpp run``: the controller in real time until cancelled."""
+async def serve(config: SiteConfig, console: Console, *, clock: Clock | None = None) -> None:
+    """``vpp run``: the controller until cancelled, in real time or on ``clock`` (a
+    simulator's), with the control step the clock's speed allows."""
     from sim.clock import WallClock
+    from vpp.demo import auto_control_interval_s
     data_dir = None if config.storage.url or config.storage.data_dir else default_data_dir()
-    async with Services(config, clock=WallClock(), data_dir=data_dir) as svc:
+    clock = clock or WallClock()
+    async with Services(config, clock=clock, data_dir=data_dir,
+                        control_interval_s=auto_control_interval_s(config, clock.speed)) as svc:
         console.print(f"controller for site [bold]{config.site.id}[/] running")
         console.print(f"  API      {svc.urls.api}")
         console.print(f"  metrics  {svc.urls.metrics}")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
 from drivers.profile import load_profile
 from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
+from sim.nwp import WeatherForecaster, publish
 from sim.plant import Plant
 from sim.spec import Endpoint, PlantSpec
 from sim.sunspec import SunSpecSimUnit
@@ -18,6 +20,8 @@ SUNSPEC_PV_MODELS = (1, 701, 702, 704, 103, 120, 121, 122, 123)
 
 
 class TimeSource(Protocol):
+    speed: float
+
     def time(self) -> float: ...
 
 
@@ -31,13 +35,18 @@ class SimulatedPlant:
     """
 
     def __init__(self, spec: PlantSpec, *, clock: TimeSource, seed: int = 1,
-                 history_days: int = 0, tick_wall_s: float = 0.05) -> None:
+                 history_days: int = 0, tick_wall_s: float = 0.05,
+                 forecast_file: Path | None = None) -> None:
         self.spec = spec
         self.clock = clock
         self.plant = Plant(spec, seed=seed, start_s=clock.time(), history_days=history_days)
         self.tick_wall_s = tick_wall_s
         self.servers: list[ModbusTcpDeviceServer] = []
         self._task: asyncio.Task[None] | None = None
+        # the weather forecasts the county receives, rewritten at each issue (sim.nwp)
+        self.forecaster = WeatherForecaster(self.plant.weather, spec, seed=seed)
+        self.forecast_file = forecast_file
+        self._publisher: asyncio.Task[None] | None = None
         # devices sharing a host:port sit behind one server (a gateway); port 0 means "any
         # free port", and each such device gets a server of its own
         groups: dict[tuple[str, int | str], dict[int, SimUnit]] = defaultdict(dict)
@@ -155,14 +164,18 @@ class SimulatedPlant:
         for srv in self.servers:
             await srv.start()
         self._task = asyncio.create_task(self._run(), name="sim.plant.step")
+        if self.forecast_file is not None:
+            self._publisher = asyncio.create_task(
+                publish(self.forecaster, self.clock, self.forecast_file), name="sim.nwp")
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for srv in self.servers:
             await srv.stop()
         self.plant.advance_to(self.clock.time())

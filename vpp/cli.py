@@ -207,6 +207,9 @@ def sim_serve(
         help="on exit, write the simulated meter's books (JSON) here")] = None,
     warmup: Annotated[float, typer.Option(
         help="open the meter's books this many simulated seconds after the start")] = 0.0,
+    forecast_file: Annotated[Path | None, typer.Option(
+        help="publish the site's weather forecast here (CSV, 72 h, rewritten every 6 h)")
+    ] = None,
 ) -> None:
     """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C or SIGTERM)."""
     _logging(False)
@@ -226,11 +229,14 @@ def sim_serve(
 
     async def go() -> None:
         async with SimulatedPlant(plant_spec(cfg), clock=clock,
-                                  seed=seed if seed is not None else cfg.sim.seed) as sp:
+                                  seed=seed if seed is not None else cfg.sim.seed,
+                                  forecast_file=forecast_file) as sp:
             for a in cfg.assets:
                 host, port = sp.endpoint_of(a.id)
                 console.print(f"{a.id:>10} ({a.kind}, {a.profile}) on modbus://{host}:{port} "
                               f"unit {a.unit_id}")
+            if forecast_file is not None:
+                console.print(f"weather forecasts to {forecast_file}")
             if clock_file is not None:
                 clock_file.write_text(json.dumps(clock.to_json()) + "\n", encoding="utf-8")
             console.print(f"simulated time starts {t0.isoformat()} at ×{speed:g}; Ctrl-C stops")

@@ -81,6 +81,7 @@ def test_simulator_and_controller_as_separate_processes(tmp_path: Path) -> None:
     assert "Traceback" not in c_err, c_err[-3000:]
     assert "Traceback" not in s_err, s_err[-3000:]
     assert "controller for site" in c_out
+    assert "simulated time starts" in s_out
     rep = json.loads(books.read_text(encoding="utf-8"))
     hours = rep["sim_hours"]
     assert RUN_WALL_S * SPEED / 3600 * 0.8 < hours < (RUN_WALL_S + 30) * SPEED / 3600

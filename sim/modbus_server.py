@@ -76,6 +76,8 @@ class SimUnit:
     values: Callable[[], dict[str, float]]
     on_write: Callable[[str, float], None]
     overrides: dict[str, float | str] = field(default_factory=dict)
+    _mapped_cache: dict[Table, frozenset[int]] = field(default_factory=dict, init=False,
+                                                       repr=False)
 
     def _words(self, name: str, value: float | str) -> list[int]:
         p = self.profile.point(name)
@@ -89,26 +91,35 @@ class SimUnit:
         assert not isinstance(value, str)
         return encode(value / p.scale, p.type, order, p.length)
 
-    def _image(self, table: Table) -> dict[int, int]:
+    def _image(self, table: Table, address: int, count: int) -> dict[int, int]:
+        """The registers of the points of ``table`` that overlap [address, address+count)."""
         vals: dict[str, float | str] = {**self.values(), **self.overrides}
         regs: dict[int, int] = {}
+        end = address + count
         for p in self.profile.points:
-            if p.table != table or p.name not in vals:
+            if p.table != table or p.name not in vals or p.address >= end or \
+                    p.address + p.registers <= address:
                 continue
             words = self._words(p.name, vals[p.name])
             for i, w in enumerate(words):
                 regs[p.address + i] = w
         return regs
 
+    def _mapped(self, table: Table) -> frozenset[int]:
+        cache = self._mapped_cache  # the profile's registers of a table, found once
+        if table not in cache:
+            cache[table] = frozenset(p.address + i for p in self.profile.points
+                                     if p.table == table for i in range(p.registers))
+        return cache[table]
+
     def read(self, table: Table, address: int, count: int) -> list[int]:
         """Registers [address, address + count); like a strict device, a read that touches
         a register no point maps is refused with exception 2."""
-        mapped = {p.address + i for p in self.profile.points if p.table == table
-                  for i in range(p.registers)}
+        mapped = self._mapped(table)
         if any(a not in mapped for a in range(address, address + count)):
             raise ModbusReplyError(ILLEGAL_ADDRESS)
         try:
-            regs = self._image(table)
+            regs = self._image(table, address, count)
         except RegisterCodecError as exc:
             log.warning("%s: cannot encode a value: %s", self.profile.name, exc)
             raise ModbusReplyError(DEVICE_FAILURE) from exc

@@ -101,6 +101,9 @@ class Plant:
         self.weather = Weather(spec, seed=seed, first_day_s=first_day)
         self.t_s = start_s
         self.export_cap_w = spec.export_cap_w
+        self._sampled = (("pv_available_w", [p.id for p in spec.pv]),
+                         ("wind_available_w", [w.id for w in spec.wind]),
+                         ("load_w", [ld.id for ld in spec.loads]))
         self._cap_changes: list[tuple[float, float]] = []  # (from t_s, cap [W]), in order
         self.tripped: set[str] = set()  # batteries tripped (fault injection)
         self._generators = [(g.id, "pv") for g in spec.pv] + [(g.id, "wind") for g in spec.wind]
@@ -133,25 +136,22 @@ class Plant:
     def _stored_wh(self) -> float:
         return sum(self.battery[b.id].soc * b.capacity_wh for b in self.spec.batteries)
 
-    def _series_at(self, table: str, asset_id: str, t_s: float) -> float:
-        m = (t_s - self.weather.first_day_s) / 60.0
+    def _sample(self, t_s: float) -> None:
+        """Every device's available power (loads: demand) at ``t_s``, interpolated between
+        the weather's minutes: one day lookup per step, not one per device."""
+        w = self.weather
+        m = (t_s - w.first_day_s) / 60.0
         m0 = math.floor(m)
         frac = m - m0
-
-        def at(minute: int) -> float:
-            day = self.weather.day_for(self.weather.first_day_s + minute * 60.0)
-            return float(getattr(day, table)[asset_id][minute % MINUTES_PER_DAY])
-
-        v0 = at(m0)
-        return v0 if frac == 0.0 else v0 + (at(m0 + 1) - v0) * frac
-
-    def _sample(self, t_s: float) -> None:
-        for p in self.spec.pv:
-            self.available_w[p.id] = self._series_at("pv_available_w", p.id, t_s)
-        for w in self.spec.wind:
-            self.available_w[w.id] = self._series_at("wind_available_w", w.id, t_s)
-        for ld in self.spec.loads:
-            self.available_w[ld.id] = self._series_at("load_w", ld.id, t_s)
+        day0 = w.day_for(w.first_day_s + m0 * 60.0)
+        day1 = day0 if frac == 0.0 else w.day_for(w.first_day_s + (m0 + 1) * 60.0)
+        i0, i1 = m0 % MINUTES_PER_DAY, (m0 + 1) % MINUTES_PER_DAY
+        for table, ids in self._sampled:
+            a0, a1 = getattr(day0, table), getattr(day1, table)
+            for asset_id in ids:
+                v0 = float(a0[asset_id][i0])
+                self.available_w[asset_id] = v0 if frac == 0.0 else \
+                    v0 + (float(a1[asset_id][i1]) - v0) * frac
 
     def set_limit(self, asset_id: str, limit_w: float | None, *, revert_s: float = 0.0) -> None:
         """A generator's limit (None: no limit), lapsing after ``revert_s`` if that is > 0

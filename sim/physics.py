@@ -80,7 +80,9 @@ def battery_step(state: BatteryState, setpoint_w: float, dt_s: float, spec: Batt
     """Advance a battery by ``dt_s`` following its setpoint; return the AC power it gave [W].
 
     Positive power discharges into the county network. The battery refuses what its
-    power ratings and SOC limits do not allow: it never goes beyond ``soc_min``/``soc_max``.
+    power ratings and SOC limits do not allow: it never goes beyond ``soc_min``/``soc_max``
+    by its own power. Self-discharge takes ``self_discharge_per_day`` of the stored energy
+    a day, and is counted with the losses.
     """
     p = min(max(setpoint_w, -spec.max_charge_w), spec.max_discharge_w)
     h = dt_s / 3600.0
@@ -98,4 +100,9 @@ def battery_step(state: BatteryState, setpoint_w: float, dt_s: float, spec: Batt
         state.soc += internal_wh / spec.capacity_wh
         state.charged_wh += -p * h
         state.loss_wh += -p * h - internal_wh
+    if spec.self_discharge_per_day > 0 and state.soc > 0:  # a loss, booked as one
+        lost_wh = min(state.soc, state.soc * spec.self_discharge_per_day * dt_s / 86400.0) \
+            * spec.capacity_wh
+        state.soc -= lost_wh / spec.capacity_wh
+        state.loss_wh += lost_wh
     return p

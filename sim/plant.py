@@ -40,6 +40,7 @@ class RunStats:
     battery_charge_wh: float = 0.0
     battery_discharge_wh: float = 0.0
     battery_loss_wh: float = 0.0
+    line_loss_wh: float = 0.0  # lost in the county's lines before the meter
     battery_stored_start_wh: float = 0.0
     battery_stored_end_wh: float = 0.0
     minutes: list[tuple[float, float, float, float]] = field(default_factory=list)
@@ -73,6 +74,7 @@ class RunStats:
             "import_energy_wh": self.import_wh,
             "battery_throughput_wh": self.battery_throughput_wh,
             "battery_loss_wh": self.battery_loss_wh,
+            "line_loss_wh": self.line_loss_wh,
             "energy_balance_error_ratio": self.energy_balance_error_ratio(),
         }
 
@@ -81,11 +83,12 @@ class RunStats:
 
         Net export by the meter must equal renewable energy delivered, less load, less the
         battery's stored-energy gain and its conversion losses. The ratio divides the
-        mismatch by the gross energy that flowed.
+        mismatch by the gross energy that flowed. Line losses before the meter come off too.
         """
         stored_gain = self.battery_stored_end_wh - self.battery_stored_start_wh
         lhs = self.export_wh - self.import_wh
-        rhs = self.renewable_wh - self.load_wh - stored_gain - self.battery_loss_wh
+        rhs = (self.renewable_wh - self.load_wh - stored_gain - self.battery_loss_wh
+               - self.line_loss_wh)
         gross = self.renewable_wh + self.load_wh + self.battery_throughput_wh
         return abs(lhs - rhs) / gross if gross > 0 else 0.0
 
@@ -101,6 +104,7 @@ class Plant:
         self.weather = Weather(spec, seed=seed, first_day_s=first_day)
         self.t_s = start_s
         self.export_cap_w = spec.export_cap_w
+        self._loss_per_w2 = spec.line_loss_ratio / spec.export_cap_w  # [1/W]
         self._sampled = (("pv_available_w", [p.id for p in spec.pv]),
                          ("wind_available_w", [w.id for w in spec.wind]),
                          ("load_w", [ld.id for ld in spec.loads]))
@@ -241,6 +245,11 @@ class Plant:
             st.load_wh += demand * h
             export -= demand
             uncontrolled -= demand
+        if self._loss_per_w2:  # the lines lose with the square of the flow
+            loss = self._loss_per_w2 * export * export
+            export -= loss
+            st.line_loss_wh += loss * h
+            uncontrolled -= self._loss_per_w2 * uncontrolled * uncontrolled
         self.export_w = export
         self.power_w[self.spec.meter.id] = export
         if export >= 0:

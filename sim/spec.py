@@ -47,6 +47,7 @@ class BatterySpec:
     charge_efficiency: float = 0.95
     discharge_efficiency: float = 0.95
     initial_soc: float = 0.5
+    self_discharge_per_day: float = 0.001  # share of the stored energy lost a day [1/d]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +91,7 @@ class PlantSpec:
     altitude_m: float = 0.0
     timezone: str = "Asia/Shanghai"
     export_cap_w: float  # the cap the meter's side measures violations against [W]
+    line_loss_ratio: float = 0.0  # share of the flow lost at a flow of export_cap_w
     meter: MeterSpec
     pv: tuple[PvSpec, ...] = ()
     wind: tuple[WindSpec, ...] = ()

@@ -254,6 +254,10 @@ class SimSection(_Frozen):
     mean_wind_m_s: float = Field(default=7.0, gt=0, le=30)
     initial_soc: float = Field(default=0.5, ge=0, le=1)
     history_days: int = Field(default=7, ge=0, le=60)
+    line_loss_ratio: float = Field(
+        default=0.0, ge=0, le=0.1,
+        description="share of the PCC flow lost in the county's lines at the export cap "
+                    "(losses grow with the square of the flow)")
 
     @field_validator("start")
     @classmethod

@@ -26,7 +26,7 @@ def plant_spec(config: SiteConfig) -> PlantSpec:
     return PlantSpec(
         latitude=config.site.latitude, longitude=config.site.longitude,
         altitude_m=config.site.altitude_m, timezone=config.site.timezone,
-        export_cap_w=config.pcc.export_cap_w,
+        export_cap_w=config.pcc.export_cap_w, line_loss_ratio=s.line_loss_ratio,
         meter=MeterSpec(id=meter.id, endpoint=ep(meter)),
         pv=tuple(PvSpec(id=a.id, endpoint=ep(a), rated_power_w=a.rated_power_w,
                         dc_power_w=a.dc_power_w, tilt_deg=a.tilt_deg, azimuth_deg=a.azimuth_deg)

@@ -107,3 +107,33 @@ def test_same_seed_same_weather(demo_config) -> None:  # type: ignore[no-untyped
     assert not fa.equals(c.weather.frame(t0, t0 + 86400))
     # generating day by day gives the same series as generating later days first
     assert len(fa) == 1440
+
+
+def test_an_idle_battery_self_discharges_as_a_counted_loss() -> None:
+    spec = BatterySpec(id="b", endpoint=EP, capacity_wh=1000.0, max_charge_w=500.0,
+                       max_discharge_w=500.0, self_discharge_per_day=0.01)
+    st = BatteryState(soc=0.8)
+    for _ in range(10 * 24):  # ten days idle, hourly steps
+        assert battery_step(st, 0.0, 3600.0, spec) == 0.0
+    assert st.soc == pytest.approx(0.8 * (1 - 0.01 / 24) ** 240, rel=1e-9)  # about 1 %/day
+    assert st.loss_wh == pytest.approx((0.8 - st.soc) * 1000.0, rel=1e-9)
+
+
+def test_line_losses_come_off_the_meter_and_stay_in_the_books() -> None:
+    import dataclasses
+
+    from tests.conftest import DEMO_CONFIG
+    from vpp.config import load_config
+    spec = dataclasses.replace(plant_spec(load_config(DEMO_CONFIG)), line_loss_ratio=0.02)
+    start = datetime(2026, 4, 15, 3, tzinfo=UTC).timestamp()  # 11:00 local
+    lossy, plain = (Plant(s, seed=5, start_s=start)
+                    for s in (spec, dataclasses.replace(spec, line_loss_ratio=0.0)))
+    for p in (lossy, plain):
+        p.advance_to(start + 3 * 3600)
+    flow = plain.export_w
+    assert lossy.export_w == pytest.approx(flow - 0.02 * flow * flow / spec.export_cap_w)
+    a, b = lossy.finish(), plain.finish()
+    assert a.line_loss_wh > 0 and b.line_loss_wh == 0
+    assert a.export_wh - a.import_wh == pytest.approx(b.export_wh - b.import_wh - a.line_loss_wh,
+                                                      rel=1e-9)
+    assert a.energy_balance_error_ratio() < 1e-9

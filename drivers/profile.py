@@ -230,6 +230,12 @@ class ProfileError(ValueError):
     """A profile that cannot be found or does not validate."""
 
 
+def validation_lines(exc: ValidationError) -> list[str]:
+    """One line per problem of a data file: the field's path, what is wrong, the value."""
+    return [f"  {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']} "
+            f"(got {e.get('input')!r})" for e in exc.errors()]
+
+
 def load_profile_file(path: Path) -> Profile:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -238,11 +244,8 @@ def load_profile_file(path: Path) -> Profile:
     try:
         return Profile.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"  {'.'.join(str(x) for x in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            for e in exc.errors()
-        ]
-        raise ProfileError(f"profile {path.name} is invalid:\n" + "\n".join(lines)) from exc
+        raise ProfileError(f"profile {path.name} is invalid:\n"
+                           + "\n".join(validation_lines(exc))) from exc
 
 
 def shipped_profiles() -> list[str]:

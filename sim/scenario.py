@@ -18,6 +18,8 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from drivers.profile import validation_lines
+
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
 
@@ -163,9 +165,8 @@ def load_scenario_file(path: Path) -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(x) for x in e['loc']) or '(top)'}: {e['msg']} "
-                 f"(got {e.get('input')!r})" for e in exc.errors()]
-        raise ScenarioError(f"scenario {path} is invalid:\n" + "\n".join(lines)) from exc
+        raise ScenarioError(f"scenario {path} is invalid:\n"
+                            + "\n".join(validation_lines(exc))) from exc
 
 
 def shipped_scenarios() -> list[str]:

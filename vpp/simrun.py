@@ -26,7 +26,6 @@ from vpp.demo import Demo, DemoOptions
 
 log = logging.getLogger(__name__)
 
-FORECAST_LEAD_S = 3600.0  # the forecast plotted is the one issued this long ahead
 
 
 def scenario_config(config: SiteConfig, scenario: Scenario) -> SiteConfig:

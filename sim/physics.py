@@ -6,7 +6,9 @@ Everything here works on numbers and numpy arrays; no I/O, no clock.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
+import chinese_calendar
 import numpy as np
 import pandas as pd
 import pvlib
@@ -53,8 +55,19 @@ def wind_power_w(speed_m_s: np.ndarray, spec: WindSpec) -> np.ndarray:
     return frac * spec.rated_power_w
 
 
+def is_workday(day: date) -> bool:
+    """China's working days: Monday to Friday, less the public holidays, plus the weekend
+    days worked in lieu (chinese-calendar's official tables); outside the years those
+    tables cover, Monday to Friday."""
+    try:
+        return bool(chinese_calendar.is_workday(day))
+    except NotImplementedError:  # a year the tables do not cover yet
+        return day.weekday() < 5
+
+
 def load_shape(local_hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
-    """County load shape in [0, 1]: night trough, morning rise, midday dip, evening peak."""
+    """County load shape in [0, 1]: night trough, morning rise, midday dip, evening peak;
+    lower on days off (``weekend``: weekends and public holidays)."""
     h = np.asarray(local_hour, dtype=float)
 
     def bump(centre: float, width: float) -> np.ndarray:

@@ -113,7 +113,9 @@ class Weather:
         times = pd.date_range(pd.Timestamp(t0_s, unit="s", tz="UTC"), periods=n, freq="1min")
         local = times.tz_convert(self._tz)
         hour = np.asarray(local.hour + local.minute / 60.0, dtype=float)
-        weekend = np.asarray(local.day_of_week >= 5)
+        days = local.date
+        off = {d: not physics.is_workday(d) for d in set(days)}  # weekends and holidays
+        weekend = np.fromiter((off[d] for d in days), dtype=bool, count=n)
         temp = 15.0 + 7.0 * np.sin(2 * np.pi * (hour - 9.0) / 24.0)
         load_factor = physics.load_shape(hour, weekend) * (1.0 + load_noise)
 

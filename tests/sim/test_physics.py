@@ -137,3 +137,29 @@ def test_line_losses_come_off_the_meter_and_stay_in_the_books() -> None:
     assert a.export_wh - a.import_wh == pytest.approx(b.export_wh - b.import_wh - a.line_loss_wh,
                                                       rel=1e-9)
     assert a.energy_balance_error_ratio() < 1e-9
+
+
+def test_public_holidays_and_working_days_in_lieu_shape_the_load() -> None:
+    from datetime import date
+
+    from sim.physics import is_workday
+    from sim.weather import Weather
+    from tests.conftest import DEMO_CONFIG
+    from vpp.config import load_config
+    assert not is_workday(date(2026, 10, 1))  # National Day, a Thursday
+    assert is_workday(date(2026, 10, 10))  # a Saturday worked in lieu
+    assert not is_workday(date(2026, 10, 11)) and is_workday(date(2026, 10, 15))
+    assert is_workday(date(2099, 3, 2)) and not is_workday(date(2099, 3, 1))  # beyond tables
+    spec = plant_spec(load_config(DEMO_CONFIG))
+    # local days (UTC+8) from 16:00 UTC the day before
+    w = Weather(spec, seed=1, first_day_s=datetime(2026, 9, 30, 16, tzinfo=UTC).timestamp())
+
+    def mean_load(d: date) -> float:
+        t = datetime(d.year, d.month, d.day, tzinfo=UTC).timestamp() - 8 * 3600
+        return float(w.day_for(t).load_factor.mean())
+
+    holiday, thursday = mean_load(date(2026, 10, 1)), mean_load(date(2026, 10, 15))
+    in_lieu, sunday = mean_load(date(2026, 10, 10)), mean_load(date(2026, 10, 11))
+    assert holiday / thursday == pytest.approx(0.92, abs=0.02)
+    assert in_lieu / thursday == pytest.approx(1.0, abs=0.02)
+    assert sunday / thursday == pytest.approx(0.92, abs=0.02)

@@ -210,14 +210,33 @@ def sim_serve(
     forecast_file: Annotated[Path | None, typer.Option(
         help="publish the site's weather forecast here (CSV, 72 h, rewritten every 6 h)")
     ] = None,
+    play: Annotated[str | None, typer.Option(
+        "--scenario", help="play a scenario on this plant: its start (less its warm-up), "
+                           "seed, weather, load, faults, and the caps the meter judges by")
+    ] = None,
 ) -> None:
     """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C or SIGTERM)."""
     _logging(False)
     cfg = _load(scenario)
     import json
+    from datetime import timedelta
 
     from sim import SimClock, SimulatedPlant
+    from sim.inject import FaultInjector
+    from sim.scenario import ScenarioError, load_scenario
     from vpp.simbridge import plant_spec
+    from vpp.simrun import scenario_config, scenario_spec
+    sc = None
+    if play is not None:
+        try:
+            sc = load_scenario(play)
+        except ScenarioError as exc:
+            err.print(str(exc), markup=False, highlight=False)
+            raise typer.Exit(1) from None
+        cfg = scenario_config(cfg, sc)
+        start = start or (sc.start - timedelta(seconds=sc.warmup_s)).isoformat()
+        warmup = warmup or sc.warmup_s
+        seed = seed if seed is not None else sc.seed
     t0 = datetime.fromisoformat(start) if start else datetime.now(UTC).replace(microsecond=0)
     if t0.tzinfo is None:
         t0 = t0.replace(tzinfo=UTC)
@@ -225,18 +244,29 @@ def sim_serve(
         err.print("--speed must be in (0, 10000] and --warmup >= 0")
         raise typer.Exit(2)
     clock = SimClock(start=t0, speed=speed, wall_epoch_s=time.time())
+    spec = plant_spec(cfg) if sc is None else scenario_spec(sc)(plant_spec(cfg))
     books: dict[str, Any] = {}
 
     async def go() -> None:
-        async with SimulatedPlant(plant_spec(cfg), clock=clock,
-                                  seed=seed if seed is not None else cfg.sim.seed,
-                                  forecast_file=forecast_file) as sp:
+        async with contextlib.AsyncExitStack() as stack:
+            sp = await stack.enter_async_context(SimulatedPlant(
+                spec, clock=clock, seed=seed if seed is not None else cfg.sim.seed,
+                forecast_file=forecast_file))
+            if sc is not None:
+                try:
+                    await stack.enter_async_context(FaultInjector(sp, sc))
+                except ValueError as exc:
+                    err.print(f"scenario {sc.name} does not fit {cfg.site.id}: {exc}")
+                    raise typer.Exit(1) from None
             for a in cfg.assets:
                 host, port = sp.endpoint_of(a.id)
                 console.print(f"{a.id:>10} ({a.kind}, {a.profile}) on modbus://{host}:{port} "
                               f"unit {a.unit_id}")
             if forecast_file is not None:
                 console.print(f"weather forecasts to {forecast_file}")
+            if sc is not None:
+                console.print(f"playing scenario {sc.name}: {len(sc.faults)} fault(s), "
+                              f"{len(sc.cap)} cap change(s) judged by the meter")
             if clock_file is not None:
                 clock_file.write_text(json.dumps(clock.to_json()) + "\n", encoding="utf-8")
             console.print(f"simulated time starts {t0.isoformat()} at ×{speed:g}; Ctrl-C stops")

@@ -20,6 +20,11 @@ VIOLATION_TOLERANCE_RATIO = 0.01  # export above cap × (1 + this) counts as a v
 # a device armed by a heartbeat falls back after this silence (plant controllers use
 # minutes; much shorter and an accelerated run's normal event-loop pauses trip it)
 WATCHDOG_TIMEOUT_S = 120.0
+# batteries wait longer, as a site should commission them: the generators ramp to their
+# fallback shares of the cap before storage stops absorbing (found by the HIL: with equal
+# timeouts, a battery that stops charging at once puts export over the cap while a wind
+# farm is still ramping down)
+BATTERY_WATCHDOG_TIMEOUT_S = WATCHDOG_TIMEOUT_S + 15.0
 
 
 @dataclass
@@ -114,6 +119,9 @@ class Plant:
         self.rated_w = {g.id: g.rated_power_w for g in spec.pv} | {
             g.id: g.rated_power_w for g in spec.wind}
         self.limit_w = dict(self.rated_w)
+        self._following_w = dict(self.rated_w)  # the limit as the plant has ramped to it
+        self._ramp_w_s = {p.id: p.ramp_ratio_per_s * p.rated_power_w for p in spec.pv} | {
+            w.id: w.ramp_ratio_per_s * w.rated_power_w for w in spec.wind}
         self.fallback_limit_w = dict(self.limit_w)
         self.watchdog: dict[str, int] = {}
         self._heard_s: dict[str, float] = {}  # armed devices: last heartbeat [s]
@@ -180,6 +188,10 @@ class Plant:
         self._minute_start = self.t_s
         self._minute_max = self._minute_unctl = -math.inf
 
+    def watchdog_timeout_s(self, asset_id: str) -> float:
+        """Silence after which a device falls back [s]."""
+        return BATTERY_WATCHDOG_TIMEOUT_S if asset_id in self.battery else WATCHDOG_TIMEOUT_S
+
     def schedule_cap(self, at_s: float, cap_w: float) -> None:
         """From simulated time ``at_s`` on, the meter judges export against ``cap_w``."""
         self._cap_changes.append((at_s, cap_w))
@@ -201,7 +213,7 @@ class Plant:
                 self.reverts[asset_id] = self.t_s
                 self.set_limit(asset_id, self.revert_to_w[asset_id])
         for asset_id, heard in list(self._heard_s.items()):
-            if self.t_s - heard <= WATCHDOG_TIMEOUT_S:
+            if self.t_s - heard <= self.watchdog_timeout_s(asset_id):
                 continue
             del self._heard_s[asset_id]  # disarmed until the next heartbeat
             self.fallbacks[asset_id] = self.t_s
@@ -222,7 +234,15 @@ class Plant:
         uncontrolled = 0.0
         for gid, kind in self._generators:
             avail = self.available_w[gid]
-            out = min(avail, self.limit_w[gid])
+            # the plant follows its limit at its ramp rate, from what it gives now; clouds
+            # and gusts change the available power at once
+            lim, eff, ramp = self.limit_w[gid], self._following_w[gid], self._ramp_w_s[gid]
+            if lim < eff:
+                eff = max(lim, min(eff, max(self.power_w[gid], lim)) - ramp * dt_s)
+            else:
+                eff = min(lim, eff + ramp * dt_s)
+            self._following_w[gid] = eff
+            out = min(avail, eff)
             self.power_w[gid] = out
             self.energy_wh[gid] += out * h
             if kind == "pv":

@@ -23,6 +23,7 @@ class PvSpec:
     dc_power_w: float  # DC nameplate at STC [W]
     tilt_deg: float = 30.0
     azimuth_deg: float = 180.0  # 180 = facing south
+    ramp_ratio_per_s: float = 1.0  # how fast it follows a limit: share of its rating a second
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -33,6 +34,7 @@ class WindSpec:
     cut_in_m_s: float = 3.0
     rated_speed_m_s: float = 12.0
     cut_out_m_s: float = 25.0
+    ramp_ratio_per_s: float = 0.2  # pitch control: a fifth of the rating a second
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -163,3 +163,31 @@ def test_public_holidays_and_working_days_in_lieu_shape_the_load() -> None:
     assert holiday / thursday == pytest.approx(0.92, abs=0.02)
     assert in_lieu / thursday == pytest.approx(1.0, abs=0.02)
     assert sunday / thursday == pytest.approx(0.92, abs=0.02)
+
+
+def test_a_generator_follows_its_limit_at_its_ramp_rate() -> None:
+    import dataclasses
+
+    from tests.conftest import DEMO_CONFIG
+    from vpp.config import load_config
+    spec = plant_spec(load_config(DEMO_CONFIG))
+    spec = dataclasses.replace(spec, wind=tuple(dataclasses.replace(w, ramp_ratio_per_s=0.02)
+                                                for w in spec.wind))
+    start = datetime(2026, 4, 15, 4, tzinfo=UTC).timestamp()  # noon: the wind farm gives power
+    plant = Plant(spec, seed=5, start_s=start)
+    plant.advance_to(start + 60)
+    wind = next(w for w in spec.wind)
+    before = plant.power_w[wind.id]
+    assert before > 2e6
+    ramp_w_s = wind.ramp_ratio_per_s * wind.rated_power_w  # 0.6 MW/s for 30 MW
+    plant.apply_setpoint(wind.id, "active_power_limit_w", 0.0)
+    plant.advance_to(start + 61)
+    assert plant.power_w[wind.id] == pytest.approx(max(0.0, before - ramp_w_s), abs=1e3)
+    plant.advance_to(start + 60 + before / ramp_w_s + 1)
+    assert plant.power_w[wind.id] == 0.0
+    t = plant.t_s
+    plant.apply_setpoint(wind.id, "active_power_limit_w", wind.rated_power_w)  # release
+    plant.advance_to(t + 1)
+    assert 0 < plant.power_w[wind.id] <= ramp_w_s + 1e-6  # rises at the ramp, not at once
+    plant.advance_to(t + 60)
+    assert plant.power_w[wind.id] == pytest.approx(plant.available_w[wind.id])

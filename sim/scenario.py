@@ -176,16 +176,14 @@ def shipped_scenarios() -> list[str]:
 @cache
 def load_scenario(name: str) -> Scenario:
     """A shipped scenario by name, or a scenario file by path."""
-    path = Path(name)
-    if path.suffix == ".toml" and path.exists():
-        return load_scenario_file(path)
-    candidate = SCENARIO_DIR / f"{name}.toml"
-    if not candidate.exists():
+    path = scenario_path(name)
+    if not path.exists():
         raise ScenarioError(f"unknown scenario {name!r}; shipped scenarios are "
                             f"{', '.join(shipped_scenarios())}, or give a path to a .toml file")
-    return load_scenario_file(candidate)
+    return load_scenario_file(path)
 
 
 def scenario_path(name: str) -> Path:
+    """The file of a scenario given by path, or of a shipped one given by name."""
     path = Path(name)
     return path if path.suffix == ".toml" and path.exists() else SCENARIO_DIR / f"{name}.toml"

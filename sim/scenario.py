@@ -80,8 +80,9 @@ class CapChange(_Model):
     notice_s: float = Field(default=900.0, ge=0, le=86400)
 
 
-class Fault(_Model):
-    at_h: float = Field(ge=0)
+class FaultAction(_Model):
+    """A fault to do to a device, now (at run time) or as part of a scenario."""
+
     duration_s: float | None = Field(default=None, gt=0,
                                      description="how long; omitted: until the run ends")
     device: str
@@ -96,12 +97,17 @@ class Fault(_Model):
     @model_validator(mode="after")
     def _point_for_garbage(self) -> Self:
         if self.kind is FaultType.GARBAGE and self.point is None:
-            raise ValueError(f"fault at {self.at_h} h on {self.device}: kind 'garbage' needs "
-                             "'point'")
+            raise ValueError(f"fault on {self.device}: kind 'garbage' needs 'point'")
         if self.kind is not FaultType.GARBAGE and (self.point or self.value is not None):
-            raise ValueError(f"fault at {self.at_h} h on {self.device}: 'point' and 'value' "
-                             "are for kind 'garbage' only")
+            raise ValueError(f"fault on {self.device}: 'point' and 'value' are for kind "
+                             "'garbage' only")
         return self
+
+
+class Fault(FaultAction):
+    """A fault of a scenario, beginning ``at_h`` hours after its start."""
+
+    at_h: float = Field(ge=0)
 
 
 class Scenario(_Model):

@@ -11,7 +11,7 @@ from drivers import Device, DeviceError, ModbusConnection, PollClass, Quality, c
 from drivers import load_profile as profile_of
 from sim import SimClock, SimulatedPlant
 from sim.inject import FaultInjector
-from sim.scenario import Fault, FaultType, Scenario
+from sim.scenario import Fault, FaultAction, FaultType, Scenario
 from vpp.config import SiteConfig
 from vpp.simbridge import plant_spec
 
@@ -52,8 +52,8 @@ async def test_faults_start_and_end_as_the_drivers_see_them(demo_config: SiteCon
                 await d.poll(PollClass.FAST)
             assert devs["pcc"].value("export_w") is not None
             assert not capabilities.in_fault(devs["bess1"])
-            for f in faults:
-                inj.start(f)
+            ids = [inj.start(f) for f in faults]
+            assert sorted(inj.active) == ids
             for d in devs.values():
                 await d.poll(PollClass.FAST)
             assert devs["pcc"].latest["export_w"].quality is Quality.MISSING  # silent
@@ -64,8 +64,9 @@ async def test_faults_start_and_end_as_the_drivers_see_them(demo_config: SiteCon
             with pytest.raises(DeviceError, match="exception 6"):
                 await devs["pv1"].connection.read(profile_of("generic-pv").points[0].table,
                                                   0, 2, 1)
-            for f in faults:
-                inj.end(f)
+            for fid in ids:
+                inj.end(fid)
+            assert not inj.active
             await asyncio.sleep(0.1)  # the meter's connection backs off, then reconnects
             for _ in range(20):
                 await devs["pcc"].poll(PollClass.FAST)
@@ -93,3 +94,26 @@ def test_a_fault_on_a_device_the_plant_lacks_is_refused(demo_config: SiteConfig)
         FaultInjector(sim, _scenario(Fault(at_h=0.1, device="pv9", kind=FaultType.OFFLINE)))
     with pytest.raises(ValueError, match="only a battery can trip"):
         FaultInjector(sim, _scenario(Fault(at_h=0.1, device="pv1", kind=FaultType.TRIP)))
+    sim = SimulatedPlant(plant_spec(_ephemeral(demo_config)), clock=clock, seed=2)
+    inj = FaultInjector(sim)
+    with pytest.raises(ValueError, match="pv1 has no point 'volts'"):
+        inj.start(FaultAction(device="pv1", kind=FaultType.GARBAGE, point="volts"))
+    assert not inj.active and not inj.events  # nothing half-done
+
+
+async def test_a_fault_injected_at_run_time_ends_after_its_duration(
+        demo_config: SiteConfig) -> None:
+    cfg = _ephemeral(demo_config)
+    clock = SimClock(start=START, speed=100.0)
+    async with SimulatedPlant(plant_spec(cfg), clock=clock, seed=2) as sim:
+        async with FaultInjector(sim) as inj:
+            fid = inj.inject(FaultAction(device="bess1", kind=FaultType.TRIP, duration_s=20))
+            assert "bess1" in sim.plant.tripped
+            assert inj.active[fid].until_s == pytest.approx(inj.active[fid].since_s + 20)
+            await asyncio.sleep(0.3)  # 30 simulated seconds
+            assert fid not in inj.active and "bess1" not in sim.plant.tripped
+            keep = inj.inject(FaultAction(device="pcc", kind=FaultType.OFFLINE))
+            assert sim.server_of("pcc").faults
+        assert keep not in inj.active and not sim.server_of("pcc").faults  # ended on exit
+        assert [(e.fault_id, e.action) for e in inj.events] == [
+            (fid, "start"), (fid, "end"), (keep, "start"), (keep, "end")]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 
 from sim.modbus_server import SENTINEL, Fault, FaultKind, ModbusTcpDeviceServer
+from sim.plant import Plant
 from sim.scenario import Fault as ScenarioFault
 from sim.scenario import FaultAction, FaultType, Scenario
 from sim.serve import SimulatedPlant
@@ -25,6 +27,9 @@ log = logging.getLogger(__name__)
 _SERVER_FAULTS = {FaultType.OFFLINE: FaultKind.SILENT, FaultType.SLOW: FaultKind.SLOW,
                   FaultType.DROP: FaultKind.CLOSE, FaultType.FROZEN: FaultKind.FROZEN,
                   FaultType.EXCEPTION: FaultKind.EXCEPTION}
+# faults of a battery's own hardware: (plant, battery id, on) -> None
+_BATTERY_FAULTS: dict[FaultType, Callable[[Plant, str, bool], None]] = {
+    FaultType.TRIP: Plant.trip, FaultType.COOLING: Plant.fail_cooling}
 
 
 @dataclass(frozen=True)
@@ -77,9 +82,9 @@ class FaultInjector:
         if f.device not in known:
             raise ValueError(f"fault on {f.device!r}, which the plant does not have (it has "
                              f"{', '.join(sorted(known))})")
-        if f.kind is FaultType.TRIP and f.device not in self.sim.plant.battery:
-            raise ValueError(f"only a battery can trip, not {f.device!r} (batteries: "
-                             f"{', '.join(sorted(self.sim.plant.battery)) or 'none'})")
+        if f.kind in _BATTERY_FAULTS and f.device not in self.sim.plant.battery:
+            raise ValueError(f"only a battery can suffer {f.kind.value!r}, not {f.device!r} "
+                             f"(batteries: {', '.join(sorted(self.sim.plant.battery)) or 'none'})")
         if f.kind is FaultType.GARBAGE:
             unit_id, server = self._unit(f.device)
             names = [p.name for p in server.units[unit_id].profile.points]
@@ -97,9 +102,9 @@ class FaultInjector:
         (the scenario's timeline does that after its duration)."""
         self.check(f)
         unit_id, server = self._unit(f.device)
-        if f.kind is FaultType.TRIP:
+        if f.kind in _BATTERY_FAULTS:
             self.sim.plant.advance_to(self.sim.clock.time())
-            self.sim.plant.trip(f.device)
+            _BATTERY_FAULTS[f.kind](self.sim.plant, f.device, True)
         elif f.kind is FaultType.GARBAGE:
             assert f.point is not None
             server.units[unit_id].overrides[f.point] = SENTINEL if f.value is None else f.value
@@ -117,11 +122,11 @@ class FaultInjector:
         """End a fault in force now (KeyError if there is none with this id)."""
         f = self.active.pop(fault_id).action
         unit_id, server = self._unit(f.device)
-        if f.kind is FaultType.TRIP:
+        if f.kind in _BATTERY_FAULTS:
             self.sim.plant.advance_to(self.sim.clock.time())
-            if not any(a.action.kind is FaultType.TRIP and a.action.device == f.device
+            if not any(a.action.kind is f.kind and a.action.device == f.device
                        for a in self.active.values()):
-                self.sim.plant.trip(f.device, tripped=False)
+                _BATTERY_FAULTS[f.kind](self.sim.plant, f.device, False)
         elif f.kind is FaultType.GARBAGE:
             server.units[unit_id].overrides.pop(f.point or "", None)
         else:

@@ -5,6 +5,7 @@ Everything here works on numbers and numpy arrays; no I/O, no clock.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date
 
@@ -79,14 +80,22 @@ def load_shape(local_hour: np.ndarray, weekend: np.ndarray) -> np.ndarray:
     return np.clip(s * np.where(weekend, 0.92, 1.0), 0.0, 1.0)
 
 
+# a failed cooling system (fault kind "cooling") multiplies the temperature rise by this
+COOLING_FAILED_RISE_FACTOR = 5.0
+
+
 @dataclass
 class BatteryState:
-    """A battery's state of charge and energy counters."""
+    """A battery's state of charge, power, cell temperature and energy counters."""
 
     soc: float
     charged_wh: float = 0.0  # AC energy taken in
     discharged_wh: float = 0.0  # AC energy delivered
     loss_wh: float = 0.0  # conversion losses
+    power_w: float = 0.0  # AC power it gives now, + discharge
+    temperature_c: float = 25.0
+    over_temperature: bool = False  # tripped by its BMS until cooled to reset_temp_c
+    cooling_ok: bool = True
 
 
 def battery_step(state: BatteryState, setpoint_w: float, dt_s: float, spec: BatterySpec) -> float:
@@ -94,10 +103,17 @@ def battery_step(state: BatteryState, setpoint_w: float, dt_s: float, spec: Batt
 
     Positive power discharges into the county network. The battery refuses what its
     power ratings and SOC limits do not allow: it never goes beyond ``soc_min``/``soc_max``
-    by its own power. Self-discharge takes ``self_discharge_per_day`` of the stored energy
-    a day, and is counted with the losses.
+    by its own power. Its power moves towards the setpoint at ``ramp_ratio_per_s`` of its
+    rating a second; the SOC limits cut it at once (the BMS opens). Over temperature the
+    battery trips: it gives 0 W whatever the setpoint until it has cooled (see
+    :func:`battery_thermal_step`). Self-discharge takes ``self_discharge_per_day`` of the
+    stored energy a day, and is counted with the losses.
     """
+    if state.over_temperature:  # its contactor is open
+        setpoint_w = state.power_w = 0.0
     p = min(max(setpoint_w, -spec.max_charge_w), spec.max_discharge_w)
+    ramp_w = spec.ramp_ratio_per_s * max(spec.max_charge_w, spec.max_discharge_w) * dt_s
+    p = min(max(p, state.power_w - ramp_w), state.power_w + ramp_w)
     h = dt_s / 3600.0
     if p > 0:
         avail_wh = max(0.0, (state.soc - spec.soc_min) * spec.capacity_wh)
@@ -118,4 +134,27 @@ def battery_step(state: BatteryState, setpoint_w: float, dt_s: float, spec: Batt
             * spec.capacity_wh
         state.soc -= lost_wh / spec.capacity_wh
         state.loss_wh += lost_wh
+    state.power_w = p
+    battery_thermal_step(state, dt_s, spec)
     return p
+
+
+def battery_thermal_step(state: BatteryState, dt_s: float, spec: BatterySpec) -> None:
+    """Move the cell temperature towards where the power now puts it (exact first-order
+    step), and trip or reset the battery on its trip and reset temperatures.
+
+    The steady rise over ambient grows with the square of the current (I²R losses);
+    with the cooling failed it is ``COOLING_FAILED_RISE_FACTOR`` times larger, so a
+    battery under load heats past its trip temperature while an idle one stays cool.
+    """
+    rating_w = max(spec.max_charge_w, spec.max_discharge_w)
+    rise = spec.temp_rise_at_rated_k * (state.power_w / rating_w) ** 2
+    if not state.cooling_ok:
+        rise *= COOLING_FAILED_RISE_FACTOR
+    target = spec.ambient_c + rise
+    state.temperature_c += (target - state.temperature_c) * (
+        1.0 - math.exp(-dt_s / spec.thermal_time_constant_s))
+    if state.temperature_c >= spec.trip_temp_c:
+        state.over_temperature = True
+    elif state.over_temperature and state.temperature_c <= spec.reset_temp_c:
+        state.over_temperature = False

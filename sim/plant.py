@@ -132,7 +132,8 @@ class Plant:
         self.revert_to_w: dict[str, float | None] = dict.fromkeys(self.limit_w)
         self.reverts: dict[str, float] = {}  # device -> time its limit lapsed [s]
         self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
-        self.battery = {b.id: BatteryState(soc=b.initial_soc) for b in spec.batteries}
+        self.battery = {b.id: BatteryState(soc=b.initial_soc, temperature_c=b.ambient_c)
+                        for b in spec.batteries}
         self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
         self.available_w: dict[str, float] = {}
         self.energy_wh: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
@@ -206,6 +207,12 @@ class Plant:
         else:
             self.tripped.discard(battery_id)
 
+    def fail_cooling(self, battery_id: str, failed: bool = True) -> None:
+        """Fail a battery's cooling (it heats under load until its BMS trips it) or mend it."""
+        if battery_id not in self.battery:
+            raise KeyError(f"{battery_id!r} is not a simulated battery")
+        self.battery[battery_id].cooling_ok = not failed
+
     def _watch(self) -> None:
         """Devices whose controller went silent fall back to their own safe settings."""
         for asset_id, at in list(self._revert_at_s.items()):
@@ -254,7 +261,9 @@ class Plant:
             export += out
             uncontrolled += avail
         for b in self.spec.batteries:
-            setpoint = 0.0 if b.id in self.tripped else self.battery_setpoint_w[b.id]
+            setpoint = self.battery_setpoint_w[b.id]
+            if b.id in self.tripped:  # the breaker is open: nothing flows, at once
+                setpoint = self.battery[b.id].power_w = 0.0
             out = battery_step(self.battery[b.id], setpoint, dt_s, b)
             self.power_w[b.id] = out
             export += out
@@ -352,11 +361,12 @@ class Plant:
                 bs = self.battery[asset_id]
                 return {"active_power_w": p, "soc": bs.soc, "energy_charge_wh": bs.charged_wh,
                         "energy_discharge_wh": bs.discharged_wh,
-                        "status": 3.0 if asset_id in self.tripped else (
+                        "status": 3.0 if asset_id in self.tripped or bs.over_temperature else (
                             0.0 if p == 0 else (2.0 if p > 0 else 1.0)),
                         "capacity_wh": b.capacity_wh, "max_charge_w": b.max_charge_w,
                         "max_discharge_w": b.max_discharge_w,
                         "power_setpoint_w": self.battery_setpoint_w[asset_id],
+                        "temperature_c": bs.temperature_c,
                         "watchdog": float(self.watchdog.get(asset_id, 0))}
         for ld in sp.loads:
             if ld.id == asset_id:

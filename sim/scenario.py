@@ -42,6 +42,7 @@ class FaultType(StrEnum):
     EXCEPTION = "exception"  # answers every request with a Modbus exception (code)
     GARBAGE = "garbage"  # a point reads ``value`` (NaN, out of range) or its sentinel
     TRIP = "trip"  # a battery trips: 0 W, status fault, setpoints ignored
+    COOLING = "cooling"  # a battery's cooling fails: under load it heats until its BMS trips
 
 
 class _Model(BaseModel):

@@ -50,6 +50,15 @@ class BatterySpec:
     discharge_efficiency: float = 0.95
     initial_soc: float = 0.5
     self_discharge_per_day: float = 0.001  # share of the stored energy lost a day [1/d]
+    ramp_ratio_per_s: float = 1.0  # how fast its power follows a setpoint: share of the
+    # larger power rating a second
+    # thermal: the cells settle at ambient + rise * (|P| / rating)^2 with a first-order lag;
+    # at trip_temp_c the BMS trips the battery, which rests until it has cooled to reset_temp_c
+    ambient_c: float = 25.0  # the container's air with its cooling working [°C]
+    temp_rise_at_rated_k: float = 12.0  # steady rise over ambient at full power [K]
+    thermal_time_constant_s: float = 1800.0
+    trip_temp_c: float = 55.0
+    reset_temp_c: float = 45.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -92,8 +92,10 @@ def test_a_fault_on_a_device_the_plant_lacks_is_refused(demo_config: SiteConfig)
     sim = SimulatedPlant(plant_spec(_ephemeral(demo_config)), clock=clock, seed=2)
     with pytest.raises(ValueError, match="'pv9', which the plant does not have"):
         FaultInjector(sim, _scenario(Fault(at_h=0.1, device="pv9", kind=FaultType.OFFLINE)))
-    with pytest.raises(ValueError, match="only a battery can trip"):
+    with pytest.raises(ValueError, match="only a battery can suffer 'trip', not 'pv1'"):
         FaultInjector(sim, _scenario(Fault(at_h=0.1, device="pv1", kind=FaultType.TRIP)))
+    with pytest.raises(ValueError, match="only a battery can suffer 'cooling', not 'wf1'"):
+        FaultInjector(sim, _scenario(Fault(at_h=0.1, device="wf1", kind=FaultType.COOLING)))
     sim = SimulatedPlant(plant_spec(_ephemeral(demo_config)), clock=clock, seed=2)
     inj = FaultInjector(sim)
     with pytest.raises(ValueError, match="pv1 has no point 'volts'"):

@@ -12,6 +12,7 @@ import pytest
 from sim import Plant
 from sim.physics import BatteryState, battery_step, load_shape, wind_power_w
 from sim.spec import BatterySpec, Endpoint, WindSpec
+from vpp.config import SiteConfig
 from vpp.simbridge import plant_spec
 
 EP = Endpoint(port=1, profile="generic-battery")
@@ -191,3 +192,59 @@ def test_a_generator_follows_its_limit_at_its_ramp_rate() -> None:
     assert 0 < plant.power_w[wind.id] <= ramp_w_s + 1e-6  # rises at the ramp, not at once
     plant.advance_to(t + 60)
     assert plant.power_w[wind.id] == pytest.approx(plant.available_w[wind.id])
+
+
+def test_battery_follows_its_setpoint_at_its_ramp_rate() -> None:
+    spec = BatterySpec(id="b", endpoint=EP, capacity_wh=10_000.0, max_charge_w=1000.0,
+                       max_discharge_w=1000.0, ramp_ratio_per_s=0.25)
+    st = BatteryState(soc=0.5)
+    steps = [battery_step(st, 1000.0, 1.0, spec) for _ in range(5)]
+    assert steps == pytest.approx([250.0, 500.0, 750.0, 1000.0, 1000.0])
+    # from full discharge to full charge: 2000 W of swing at 250 W/s takes 8 s
+    down = [battery_step(st, -1000.0, 1.0, spec) for _ in range(9)]
+    assert down[3] == pytest.approx(0.0)
+    assert down[-2:] == pytest.approx([-1000.0, -1000.0])
+
+
+def test_battery_with_failed_cooling_trips_hot_and_rests_until_cool() -> None:
+    """First-order heating to ambient + 5 x 12 K at full power crosses 55 °C after
+    tau ln(60/30) = 1247.7 s; cooling from 55 °C to 45 °C takes tau ln(30/20) = 729.8 s."""
+    spec = BatterySpec(id="b", endpoint=EP, capacity_wh=1e9, max_charge_w=1000.0,
+                       max_discharge_w=1000.0, thermal_time_constant_s=1800.0)
+    healthy = BatteryState(soc=0.5, temperature_c=25.0)
+    for _ in range(6 * 3600):  # six hours at full power with the cooling working
+        battery_step(healthy, 1000.0, 1.0, spec)
+    assert healthy.temperature_c == pytest.approx(37.0, abs=0.01)
+    assert not healthy.over_temperature
+
+    st = BatteryState(soc=0.5, temperature_c=25.0, cooling_ok=False)
+    t = 0
+    while battery_step(st, 1000.0, 1.0, spec) > 0:
+        t += 1
+    assert 1246 <= t <= 1249
+    assert st.over_temperature and st.power_w == 0.0
+    rest = 0
+    while st.over_temperature:
+        assert battery_step(st, 1000.0, 1.0, spec) == 0.0  # setpoints ignored while hot
+        rest += 1
+    assert 728 <= rest <= 732
+    assert battery_step(st, 1000.0, 1.0, spec) > 0  # it works again (and will heat again)
+
+
+def test_a_plant_battery_with_failed_cooling_reports_its_heat_and_trip(
+        demo_config: SiteConfig) -> None:
+    start = datetime(2026, 4, 15, 3, tzinfo=UTC).timestamp()
+    plant = Plant(plant_spec(demo_config), seed=5, start_s=start)
+    bid = next(iter(plant.battery))
+    plant.apply_setpoint(bid, "power_setpoint_w", plant.spec.batteries[0].max_discharge_w)
+    plant.fail_cooling(bid)
+    plant.advance_to(start + 600)
+    hot = plant.device_values(bid)
+    assert hot["status"] == 2.0 and hot["active_power_w"] > 0 and hot["temperature_c"] > 40
+    plant.advance_to(start + 1300)
+    tripped = plant.device_values(bid)
+    assert tripped["status"] == 3.0 and tripped["active_power_w"] == 0.0
+    assert tripped["temperature_c"] >= 50
+    plant.fail_cooling(bid, failed=False)
+    plant.advance_to(start + 3000)  # cooled below its reset temperature: it runs again
+    assert plant.device_values(bid)["status"] == 2.0

@@ -56,7 +56,7 @@ class Active:
 
 class FaultInjector:
     """Applies faults and cap changes to a served plant (async context manager): a
-    scenario's at their times, and any at run time with :meth:`inject`/:meth:`clear`;
+    scenario's at their times, and any at run time with :meth:`inject`/:meth:`end`;
     ``events`` lists what was done, in order, and ``active`` what is in force."""
 
     def __init__(self, sim: SimulatedPlant, scenario: Scenario | None = None) -> None:

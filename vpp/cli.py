@@ -24,6 +24,7 @@ sim_app = typer.Typer(help="The simulated plant (hardware-in-the-loop).", no_arg
 app.add_typer(sim_app, name="sim")
 console = Console()
 err = Console(stderr=True)
+CONTROL_PORT = 8091  # vpp sim serve's fault control
 
 
 def _load(path: Path) -> SiteConfig:
@@ -214,16 +215,25 @@ def sim_serve(
         "--scenario", help="play a scenario on this plant: its start (less its warm-up), "
                            "seed, weather, load, faults, and the caps the meter judges by")
     ] = None,
+    control_host: Annotated[str, typer.Option(
+        help="fault control (HTTP) address; no authentication: keep it on loopback")
+    ] = "127.0.0.1",
+    control_port: Annotated[int, typer.Option(
+        help="fault control port (0: any free port; vpp sim fault talks to it)")
+    ] = CONTROL_PORT,
 ) -> None:
-    """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C or SIGTERM)."""
+    """Serve a simulated plant on Modbus TCP until stopped (Ctrl-C or SIGTERM); break and
+    mend its devices meanwhile with ``vpp sim fault``."""
     _logging(False)
     cfg = _load(scenario)
     import json
     from datetime import timedelta
 
     from sim import SimClock, SimulatedPlant
+    from sim.control import control_app
     from sim.inject import FaultInjector
     from sim.scenario import ScenarioError, load_scenario
+    from vpp.api import ApiServer
     from vpp.simbridge import plant_spec
     from vpp.simrun import scenario_config, scenario_spec
     sc = None
@@ -252,16 +262,26 @@ def sim_serve(
             sp = await stack.enter_async_context(SimulatedPlant(
                 spec, clock=clock, seed=seed if seed is not None else cfg.sim.seed,
                 forecast_file=forecast_file))
-            if sc is not None:
-                try:
-                    await stack.enter_async_context(FaultInjector(sp, sc))
-                except ValueError as exc:
-                    err.print(f"scenario {sc.name} does not fit {cfg.site.id}: {exc}")
-                    raise typer.Exit(1) from None
+            try:
+                injector = await stack.enter_async_context(FaultInjector(sp, sc))
+            except ValueError as exc:
+                assert sc is not None  # without a scenario there is nothing to refuse
+                err.print(f"scenario {sc.name} does not fit {cfg.site.id}: {exc}")
+                raise typer.Exit(1) from None
+            control = ApiServer(control_app(injector), host=control_host, port=control_port)
+            try:
+                await control.start()
+            except (OSError, SystemExit) as exc:
+                err.print(f"cannot serve fault control on {control_host}:{control_port} "
+                          f"({exc}); choose another with --control-port")
+                raise typer.Exit(1) from None
+            stack.push_async_callback(control.stop)
             for a in cfg.assets:
                 host, port = sp.endpoint_of(a.id)
                 console.print(f"{a.id:>10} ({a.kind}, {a.profile}) on modbus://{host}:{port} "
                               f"unit {a.unit_id}")
+            console.print(f"fault control on {control.url} (vpp sim fault --control "
+                          f"{control.url})", soft_wrap=True)
             if forecast_file is not None:
                 console.print(f"weather forecasts to {forecast_file}")
             if sc is not None:
@@ -287,6 +307,96 @@ def sim_serve(
             report.write_text(json.dumps({"site": cfg.site.id, "speed": speed,
                                           "export_cap_w": cfg.pcc.export_cap_w, **books},
                                          indent=2) + "\n", encoding="utf-8")
+
+
+def _control(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+    """A request to a served plant's fault control; a clear message and exit 1 on failure."""
+    import json
+    import urllib.error
+    import urllib.request
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail: Any = exc.read().decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            detail = json.loads(detail).get("detail", detail)
+        if isinstance(detail, list):  # pydantic's errors: where and what
+            detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}"
+                               for d in detail)
+        err.print(f"{method} {url}: {exc.code} {detail}", markup=False, highlight=False,
+                  soft_wrap=True)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        err.print(f"no simulated plant's fault control at {url} ({reason}); is vpp sim serve "
+                  "running, and on which --control-port?", markup=False, highlight=False,
+                  soft_wrap=True)
+    raise typer.Exit(1)
+
+
+ControlUrl = Annotated[str, typer.Option("--control", help="the served plant's fault control")]
+
+
+@sim_app.command("fault")
+def sim_fault(
+    device: Annotated[str, typer.Argument(help="asset id, as in the site configuration")],
+    kind: Annotated[str, typer.Argument(help="offline, slow, drop, frozen, exception, "
+                                             "garbage, trip or cooling")],
+    duration_s: Annotated[float | None, typer.Option(
+        "--for", help="end it after this many simulated seconds (default: until ended)")
+    ] = None,
+    delay_s: Annotated[float | None, typer.Option(help="slow: reply delay [s]")] = None,
+    code: Annotated[int | None, typer.Option(help="exception: the Modbus exception code")
+                    ] = None,
+    point: Annotated[str | None, typer.Option(help="garbage: the point")] = None,
+    value: Annotated[float | None, typer.Option(
+        help="garbage: the value served (nan allowed; default: the 'not implemented' "
+             "sentinel)")] = None,
+    control: ControlUrl = f"http://127.0.0.1:{CONTROL_PORT}",
+) -> None:
+    """Break a device of a served plant now (see docs/simulator.md for the kinds)."""
+    body: dict[str, Any] = {"device": device, "kind": kind, "duration_s": duration_s,
+                            "delay_s": delay_s, "code": code, "point": point, "value": value}
+    got = _control("POST", f"{control.rstrip('/')}/faults",
+                   {k: v for k, v in body.items() if v is not None})
+    until = f"until {got['until']}" if got["until"] else "until ended"
+    console.print(f"fault {got['id']}: {got['kind']} on {got['device']} since {got['since']}, "
+                  f"{until}", soft_wrap=True)
+
+
+@sim_app.command("fault-end")
+def sim_fault_end(fault_id: Annotated[int, typer.Argument(help="the id vpp sim fault gave")],
+                  control: ControlUrl = f"http://127.0.0.1:{CONTROL_PORT}") -> None:
+    """End a fault in force on a served plant."""
+    got = _control("DELETE", f"{control.rstrip('/')}/faults/{fault_id}")
+    console.print(f"fault {got['id']}: {got['kind']} on {got['device']} ended {got['time']}",
+                  soft_wrap=True)
+
+
+@sim_app.command("faults")
+def sim_faults(control: ControlUrl = f"http://127.0.0.1:{CONTROL_PORT}") -> None:
+    """The faults in force on a served plant, and what was done so far."""
+    from rich.table import Table
+    got = _control("GET", f"{control.rstrip('/')}/faults")
+    def utc(iso: str | None) -> str:
+        return "-" if iso is None else datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S")
+
+    table = Table("id", "device", "kind", "since (UTC)", "until (UTC)", "detail",
+                  title="faults in force")
+    for a in got["active"]:
+        detail = ", ".join(f"{k} {a[k]}" for k in ("point", "value") if k in a)
+        if a["kind"] == "slow":
+            detail = f"delay_s {a['delay_s']}"
+        elif a["kind"] == "exception":
+            detail = f"code {a['code']}"
+        table.add_row(str(a["id"]), a["device"], a["kind"], utc(a["since"]), utc(a["until"]),
+                      detail)
+    console.print(table)
+    console.print(f"{len(got['events'])} event(s); kinds: {', '.join(got['kinds'])}",
+                  soft_wrap=True)
 
 
 def _scenario_config(scenario_arg: str, named: str | None) -> Path:

@@ -60,7 +60,7 @@ def test_simulator_and_controller_as_separate_processes(tmp_path: Path) -> None:
     sim = subprocess.Popen(
         [*cli, "sim", "serve", str(site), "--speed", str(SPEED),
          "--start", "2026-04-15T11:00:00+08:00", "--clock-file", str(clock),
-         "--report", str(books), "--warmup", str(WARMUP_S)],
+         "--report", str(books), "--warmup", str(WARMUP_S), "--control-port", "0"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     ctrl = None
     try:

@@ -8,6 +8,12 @@ limit, so that the limit lapses if the controller stops refreshing it: model 704
 (``WMaxLimPctEna``, ``WMaxLimPctRvrtTms``) where the device has it, else model 123
 (``WMaxLim_Ena``, ``WMaxLimPct_RvrtTms``).
 
+A battery takes a power setpoint in W (+ discharge): a generic profile's writable
+``power_setpoint_w`` (its watchdog zeroes it when heartbeats stop), or SunSpec 704's
+``WSet`` in watts mode, enabled by ``WSetEna`` and rewritten with its reversion timer
+``WSetRvrtTms``; :func:`make_setpoints_safe` makes a lapsed setpoint 0 W (idle) through
+``WSetRvrt`` = 0 with ``WSetEnaRvrt`` = 1, not whatever the device would do on its own.
+
 What a lapsed limit leaves is the device's *fallback limit*: a generic profile's
 ``fallback_limit_w`` (applied when heartbeats stop), or model 704's reversion values
 ``WMaxLimPctRvrt`` with ``WMaxLimPctEnaRvrt`` = 1. Model 123 has none: its limit simply
@@ -32,6 +38,13 @@ RATED_W = "rated_power_w"
 FALLBACK_W = "fallback_limit_w"
 FALLBACK_PCT = "fallback_limit_pct"
 FALLBACK_ENABLE = "fallback_limit_enable"
+SETPOINT_W = "power_setpoint_w"
+SETPOINT_ENABLE = "power_setpoint_enable"
+SETPOINT_MODE = "power_setpoint_mode"
+SETPOINT_REVERT_S = "power_setpoint_revert_s"
+FALLBACK_SETPOINT_W = "fallback_setpoint_w"
+FALLBACK_SETPOINT_ENABLE = "fallback_setpoint_enable"
+SETPOINT_MODE_WATTS = 1.0  # SunSpec 704 WSetMod: WSet in W, not percent of WMax
 
 
 log = logging.getLogger(__name__)
@@ -114,6 +127,42 @@ async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: flo
     if enable is not None:  # always: on some devices this write arms the reversion timer
         await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
     return res
+
+
+async def set_battery_power_w(dev: Device, value_w: float, *, revert_s: float,
+                              deadline_s: float | None = None,
+                              verify: bool = True) -> WriteResult:
+    """Set a battery's power [W, + discharge, - charge]; the result is in W."""
+    if _has_point(dev, SETPOINT_W):
+        return await dev.write(SETPOINT_W, value_w, deadline_s=deadline_s, verify=verify)
+    point = _alias(dev, SETPOINT_W)
+    if point is None:
+        raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} takes no power "
+                              "setpoint")
+    mode, revert, enable = (_alias(dev, n) for n in (SETPOINT_MODE, SETPOINT_REVERT_S,
+                                                     SETPOINT_ENABLE))
+    if mode is not None and dev.value(SETPOINT_MODE) != SETPOINT_MODE_WATTS:
+        await dev.write(mode, SETPOINT_MODE_WATTS, deadline_s=deadline_s, verify=verify)
+    if revert is not None:
+        await dev.write(revert, revert_s, deadline_s=deadline_s, verify=verify)
+    res = await dev.write(point, value_w, deadline_s=deadline_s, verify=verify)
+    if enable is not None:  # always: this write arms the reversion timer
+        await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
+    return WriteResult(SETPOINT_W, res.requested, res.written, res.clamped, res.attempts)
+
+
+async def make_setpoints_safe(dev: Device) -> None:
+    """Have a SunSpec battery idle (0 W) when its setpoint lapses, and take setpoints in W.
+    A generic profile needs nothing: its watchdog zeroes the setpoint."""
+    for house, value in ((SETPOINT_MODE, SETPOINT_MODE_WATTS), (FALLBACK_SETPOINT_W, 0.0),
+                         (FALLBACK_SETPOINT_ENABLE, 1.0)):
+        point = _alias(dev, house)
+        if point is not None and dev.value(house) != value:
+            try:
+                await dev.write(point, value)
+            except DeviceError as exc:
+                log.warning("%s: cannot set %s to %g (%s): a lapsed setpoint may not idle",
+                            dev.asset_id, point, value, exc)
 
 
 def has_fallback_limit(dev: Device) -> bool:

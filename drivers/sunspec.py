@@ -22,7 +22,7 @@ from typing import Any
 import sunspec2
 
 from drivers.connection import ILLEGAL_ADDRESS, DeviceError, ExceptionReply, ModbusConnection
-from drivers.profile import Access, Alias, Point, PollClass, Profile, Table
+from drivers.profile import Access, Alias, FaultFlag, Point, PollClass, Profile, Table
 from drivers.registers import RegisterType, WordOrder, decode
 from drivers.telemetry import Sample
 
@@ -267,8 +267,11 @@ def build_profile(blocks: Iterable[ModelBlock], *, kind: str, name: str = "sunsp
         prefix = f"m{block.model_id}_" if n == 1 else f"m{block.model_id}_{n}_"
         points.extend(_model_points(mdef, block, prefix))
         model_ids.append(str(block.model_id))
+    # 701's inverter state FAULT (6) is the device saying it is tripped
+    fault = (FaultFlag(point=INV_STATE, values=(INV_STATE_FAULT,))
+             if any(p.name == INV_STATE for p in points) else None)
     return Profile(name=name, kind=kind, word_order=WordOrder.BIG, points=tuple(points),
-                   aliases=_aliases(points),
+                   aliases=_aliases(points), fault=fault,
                    description=f"SunSpec models {', '.join(model_ids)}")
 
 
@@ -307,6 +310,7 @@ async def read_strings(connection: ModbusConnection, unit_id: int, profile: Prof
 # -- standard names -----------------------------------------------------------------------
 
 _INVERTERS = (101, 102, 103, 111, 112, 113)
+INV_STATE, INV_STATE_FAULT = "m701_invst", 6
 _METERS = (201, 202, 203, 204, 211, 212, 213, 214)
 
 # (model, SunSpec point) -> the house's standard name. When several models give the same
@@ -351,6 +355,13 @@ CONTROL_NAMES: dict[tuple[int, str], str] = {
     (704, "WMaxLimPctRvrt"): "fallback_limit_pct",
     (704, "WMaxLimPctEnaRvrt"): "fallback_limit_enable",
     (702, "WMax"): "wmax_w",
+    # a storage system's power setpoint [W, + discharge] and its reversion (704)
+    (704, "WSet"): "power_setpoint_w",
+    (704, "WSetEna"): "power_setpoint_enable",
+    (704, "WSetMod"): "power_setpoint_mode",
+    (704, "WSetRvrtTms"): "power_setpoint_revert_s",
+    (704, "WSetRvrt"): "fallback_setpoint_w",
+    (704, "WSetEnaRvrt"): "fallback_setpoint_enable",
     (123, "WMaxLimPct"): "active_power_limit_pct",
     (123, "WMaxLim_Ena"): "active_power_limit_enable",
     (123, "WMaxLimPct_RvrtTms"): "active_power_limit_revert_s",

@@ -127,11 +127,15 @@ class Plant:
         self._heard_s: dict[str, float] = {}  # armed devices: last heartbeat [s]
         self.fallbacks: dict[str, float] = {}  # device -> time it fell back [s]
         self.limit_enabled = dict.fromkeys(self.limit_w, False)
-        self._revert_at_s: dict[str, float] = {}  # a limit that lapses (SunSpec reversion)
-        # what a lapsed limit becomes (SunSpec 704 reversion values); None: the limit lifts
-        self.revert_to_w: dict[str, float | None] = dict.fromkeys(self.limit_w)
-        self.reverts: dict[str, float] = {}  # device -> time its limit lapsed [s]
+        # a limit or setpoint that lapses (SunSpec reversion timers)
+        self._revert_at_s: dict[str, float] = {}
         self.battery_setpoint_w = {b.id: 0.0 for b in spec.batteries}
+        self.setpoint_enabled = dict.fromkeys(self.battery_setpoint_w, False)
+        # what a lapsed limit or setpoint becomes (SunSpec 704 reversion values); None: a
+        # limit lifts, a setpoint is disabled (the battery idles)
+        self.revert_to_w: dict[str, float | None] = dict.fromkeys(
+            [*self.limit_w, *self.battery_setpoint_w])
+        self.reverts: dict[str, float] = {}  # device -> time its limit or setpoint lapsed [s]
         self.battery = {b.id: BatteryState(soc=b.initial_soc, temperature_c=b.ambient_c)
                         for b in spec.batteries}
         self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
@@ -172,7 +176,18 @@ class Plant:
         rated = self.rated_w[asset_id]
         self.limit_enabled[asset_id] = limit_w is not None
         self.limit_w[asset_id] = rated if limit_w is None else max(0.0, limit_w)
-        if limit_w is not None and revert_s > 0:
+        self._arm_revert(asset_id, limit_w is not None, revert_s)
+
+    def set_battery_setpoint(self, battery_id: str, setpoint_w: float | None, *,
+                             revert_s: float = 0.0) -> None:
+        """A battery's power setpoint [W, + discharge] (None: disabled, it idles), lapsing
+        after ``revert_s`` if that is > 0 to ``revert_to_w[battery_id]`` (None: disabled)."""
+        self.setpoint_enabled[battery_id] = setpoint_w is not None
+        self.battery_setpoint_w[battery_id] = 0.0 if setpoint_w is None else setpoint_w
+        self._arm_revert(battery_id, setpoint_w is not None, revert_s)
+
+    def _arm_revert(self, asset_id: str, armed: bool, revert_s: float) -> None:
+        if armed and revert_s > 0:
             self._revert_at_s[asset_id] = self.t_s + revert_s
         else:
             self._revert_at_s.pop(asset_id, None)
@@ -218,7 +233,10 @@ class Plant:
         for asset_id, at in list(self._revert_at_s.items()):
             if self.t_s > at:
                 self.reverts[asset_id] = self.t_s
-                self.set_limit(asset_id, self.revert_to_w[asset_id])
+                if asset_id in self.battery:
+                    self.set_battery_setpoint(asset_id, self.revert_to_w[asset_id])
+                else:
+                    self.set_limit(asset_id, self.revert_to_w[asset_id])
         for asset_id, heard in list(self._heard_s.items()):
             if self.t_s - heard <= self.watchdog_timeout_s(asset_id):
                 continue

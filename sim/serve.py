@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import defaultdict
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +18,12 @@ from sim.spec import Endpoint, PlantSpec
 from sim.sunspec import SunSpecSimUnit
 
 SUNSPEC_PV_MODELS = (1, 701, 702, 704, 103, 120, 121, 122, 123)
+SUNSPEC_BATTERY_MODELS = (1, 701, 702, 713, 704)
+
+
+def _sf(largest: float, raw_max: int = 32767) -> float:
+    """The smallest scale factor >= 0 that fits ``largest`` in ``raw_max`` raw units."""
+    return float(max(0, math.ceil(math.log10(max(abs(largest), 1.0) / raw_max))))
 
 
 class TimeSource(Protocol):
@@ -132,8 +139,85 @@ class SimulatedPlant:
                               text={"m1_mn": "County VPP", "m1_md": "Simulated PV plant",
                                     "m1_sn": asset_id})
 
+    def _sunspec_battery(self, asset_id: str) -> SimUnit:
+        """A battery as a SunSpec storage system: 701 measurements (+ W discharging), 702
+        ratings, 713 storage (capacity, SoC, state) and 704's power setpoint ``WSet`` in W
+        (``WSetMod`` 1) or in percent of WMax (``WSetPct``, ``WSetMod`` 0), enabled by
+        ``WSetEna``, lapsing after ``WSetRvrtTms`` to ``WSetRvrt`` when ``WSetEnaRvrt`` is 1
+        (else it is disabled: the battery idles). A fault or over-temperature trip shows as
+        701 ``InvSt`` 6 (FAULT) and 713 ``Sta`` 2 (ERROR)."""
+        plant = self.plant
+        spec = next(b for b in self.spec.batteries if b.id == asset_id)
+        wmax = spec.max_discharge_w
+        w_sf = _sf(max(spec.max_charge_w, spec.max_discharge_w))
+        wh_sf = _sf(spec.capacity_wh, 65535)
+        ctl = {"mod": 1.0, "wset": 0.0, "pct": 0.0, "revert_s": 0.0, "rvrt_w": 0.0,
+               "rvrt_pct": 0.0, "ena_rvrt": 0.0}
+
+        def target_w(watts: float, pct: float) -> float:
+            return watts if ctl["mod"] == 1 else wmax * pct / 100.0
+
+        def values() -> dict[str, float]:
+            plant.advance_to(self.clock.time())
+            v = plant.device_values(asset_id)
+            bs = plant.battery[asset_id]
+            fault = v["status"] == 3
+            enabled = plant.setpoint_enabled[asset_id]
+            # after a lapse to the reversion values the device reports those
+            wset = plant.battery_setpoint_w[asset_id] if enabled else ctl["wset"]
+            return {"m701_st": 1.0, "m701_invst": 6.0 if fault else 3.0,
+                    "m701_connst": 0.0 if fault else 1.0,
+                    "m701_w": v["active_power_w"], "m701_w_sf": w_sf,
+                    "m701_hz": 50.0, "m701_hz_sf": -2.0,
+                    "m701_totwhinj": v["energy_discharge_wh"],
+                    "m701_totwhabs": v["energy_charge_wh"], "m701_totwh_sf": 0.0,
+                    "m701_tmpcab": v["temperature_c"], "m701_tmp_sf": -1.0,
+                    "m702_wmaxrtg": wmax, "m702_wmax": wmax,
+                    "m702_wchartemaxrtg": spec.max_charge_w,
+                    "m702_wdischartemaxrtg": spec.max_discharge_w,
+                    "m702_wchartemax": spec.max_charge_w,
+                    "m702_wdischartemax": spec.max_discharge_w, "m702_w_sf": w_sf,
+                    "m713_whrtg": spec.capacity_wh,
+                    "m713_whavail": max(0.0, bs.soc - spec.soc_min) * spec.capacity_wh,
+                    "m713_wh_sf": wh_sf, "m713_soc": 100.0 * bs.soc, "m713_soh": 100.0,
+                    "m713_sta": 2.0 if fault else 0.0, "m713_pct_sf": -2.0,
+                    "m704_wsetena": 1.0 if enabled else 0.0, "m704_wsetmod": ctl["mod"],
+                    "m704_wset": wset, "m704_wset_sf": 0.0,
+                    "m704_wsetpct": 100.0 * wset / wmax if enabled else ctl["pct"],
+                    "m704_wsetpct_sf": -2.0,
+                    "m704_wsetrvrt": ctl["rvrt_w"], "m704_wsetpctrvrt": ctl["rvrt_pct"],
+                    "m704_wsetenarvrt": ctl["ena_rvrt"],
+                    "m704_wsetrvrttms": ctl["revert_s"]}
+
+        keys = {"m704_wsetmod": "mod", "m704_wset": "wset", "m704_wsetpct": "pct",
+                "m704_wsetrvrttms": "revert_s", "m704_wsetrvrt": "rvrt_w",
+                "m704_wsetpctrvrt": "rvrt_pct", "m704_wsetenarvrt": "ena_rvrt"}
+
+        def on_write(point: str, value: float) -> None:
+            plant.advance_to(self.clock.time())
+            enabled = plant.setpoint_enabled[asset_id]
+            if point == "m704_wsetena":
+                enabled = value == 1
+            elif point in keys:
+                ctl[keys[point]] = value
+            else:
+                return  # a setting the simulated battery accepts and ignores
+            plant.revert_to_w[asset_id] = (target_w(ctl["rvrt_w"], ctl["rvrt_pct"])
+                                           if ctl["ena_rvrt"] == 1 else None)
+            if point in ("m704_wsetrvrt", "m704_wsetpctrvrt", "m704_wsetenarvrt"):
+                return
+            plant.set_battery_setpoint(
+                asset_id, target_w(ctl["wset"], ctl["pct"]) if enabled else None,
+                revert_s=ctl["revert_s"])
+
+        return SunSpecSimUnit(SUNSPEC_BATTERY_MODELS, values, on_write,
+                              text={"m1_mn": "County VPP", "m1_md": "Simulated BESS",
+                                    "m1_sn": asset_id}, kind="battery")
+
     def _unit(self, asset_id: str, profile_name: str) -> SimUnit:
         if profile_name == "sunspec":
+            if asset_id in self.plant.battery:
+                return self._sunspec_battery(asset_id)
             return self._sunspec_pv(asset_id)
 
         def values() -> dict[str, float]:

@@ -307,9 +307,9 @@ class SiteConfig(_Frozen):
                                  f"unit {a.unit_id}")
             seen[key] = a.id
             if a.profile == SUNSPEC:
-                if a.kind != "pv":
+                if a.kind not in ("pv", "battery"):
                     raise ValueError(f"asset {a.id}: profile 'sunspec' is supported for pv "
-                                     f"assets so far, not {a.kind}")
+                                     f"and battery assets so far, not {a.kind}")
                 continue
             prof = load_profile(a.profile)
             if prof.kind != a.kind:

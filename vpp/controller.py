@@ -50,7 +50,15 @@ from forecasting import (
     clear_sky_power_w,
     interval_clear_sky_power_w,
 )
-from vpp.config import SUNSPEC, BatteryAsset, LoadAsset, PvAsset, SiteConfig, WindAsset
+from vpp.config import (
+    REQUIRED_CAPABILITIES,
+    SUNSPEC,
+    BatteryAsset,
+    LoadAsset,
+    PvAsset,
+    SiteConfig,
+    WindAsset,
+)
 from vpp.dispatch import (
     BatteryModel,
     Dispatcher,
@@ -320,17 +328,19 @@ class Controller:
                 log.warning("%s: SunSpec discovery failed: %s", a.id, exc)
                 continue
             profile = sunspec.build_profile(blocks, kind=a.kind, name=SUNSPEC)
-            need = {"reads_active_power", "sets_active_power_limit"}
-            lacking = need - {c.value for c in profile.capabilities}
+            lacking = REQUIRED_CAPABILITIES[a.kind] - profile.capabilities
             if lacking:
                 log.error("%s: SunSpec models %s lack %s; the asset is held", a.id,
-                          [b.model_id for b in blocks], sorted(lacking))
+                          [b.model_id for b in blocks], sorted(c.value for c in lacking))
                 continue
             new = Device(asset_id=a.id, profile=profile, connection=dev.connection,
                          unit_id=a.unit_id, now=self.clock.now, sink=self.samples)
             await new.poll(PollClass.ONCE)
             await new.poll(PollClass.FAST)
-            await capabilities.make_limits_immediate(new)
+            if a.kind == "battery":
+                await capabilities.make_setpoints_safe(new)
+            else:
+                await capabilities.make_limits_immediate(new)
             self.devices[a.id] = new
             log.info("%s: SunSpec models %s", a.id, [b.model_id for b in blocks])
 
@@ -593,6 +603,10 @@ class Controller:
         try:
             if point == capabilities.LIMIT_W:
                 res = await capabilities.set_active_power_limit_w(
+                    dev, value, revert_s=self.config.control.limit_revert_s,
+                    deadline_s=deadline_s, verify=verify)
+            elif point == capabilities.SETPOINT_W:
+                res = await capabilities.set_battery_power_w(
                     dev, value, revert_s=self.config.control.limit_revert_s,
                     deadline_s=deadline_s, verify=verify)
             elif point == capabilities.FALLBACK_W:

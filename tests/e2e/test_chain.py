@@ -271,3 +271,29 @@ async def test_the_controller_dies_and_a_sunspec_704_inverter_reverts_to_its_sha
     rep = demo.report()
     assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
     assert rep["cap_violation_s"] == 0
+
+
+async def test_a_sunspec_battery_is_discovered_and_dispatched(demo_config: SiteConfig) -> None:
+    """bess1 speaks SunSpec (701/702/713/704): the controller discovers it, reads its SoC
+    from 713, commands it through 704's WSet with its enable and reversion timer, refreshed
+    before the timer lapses, and makes a lapsed setpoint idle (WSetRvrt 0 W)."""
+    cfg = midday(demo_config)
+    cfg = cfg.model_copy(update={"assets": tuple(
+        a.model_copy(update={"profile": "sunspec"}) if a.id == "bess1" else a
+        for a in cfg.assets)})
+    demo = Demo(cfg, DemoOptions(hours=1.5, speed=600.0, ephemeral_ports=True))
+    async with demo:
+        await asyncio.sleep(3.0)
+        dev = demo.controller.devices["bess1"]
+        assert dev.profile.name == "sunspec"
+        assert dev.profile.aliases["power_setpoint_w"].point == "m704_wset"
+        assert dev.value("soc") == pytest.approx(demo.sim.plant.battery["bess1"].soc, abs=0.01)
+        plant = demo.sim.plant
+        assert plant.setpoint_enabled["bess1"]  # commanded through 704
+        assert plant.revert_to_w["bess1"] == 0.0
+        await demo.wait()
+    rep = demo.report()
+    assert rep["uncontrolled_max_export_w"] > 1.2 * rep["export_cap_w"]
+    assert rep["cap_violation_s"] == 0
+    assert rep["battery_throughput_wh"] > 0
+    assert "bess1" not in demo.sim.plant.reverts  # refreshed before its timer lapsed

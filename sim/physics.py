@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pvlib
 
-from sim.spec import BatterySpec, PvSpec, WindSpec
+from sim.spec import BatterySpec, FlexLoadSpec, PvSpec, WindSpec
 
 TEMP_COEFF_PER_K = -0.0037  # crystalline silicon power temperature coefficient [1/K]
 INVERTER_EFFICIENCY = 0.97
@@ -158,3 +158,63 @@ def battery_thermal_step(state: BatteryState, dt_s: float, spec: BatterySpec) ->
         state.over_temperature = True
     elif state.over_temperature and state.temperature_c <= spec.reset_temp_c:
         state.over_temperature = False
+
+
+class FlexMode:
+    """What a flexible load is doing (its ``status`` register)."""
+
+    IDLE = 0  # controlled, asked for nothing (or less than its minimum)
+    SETPOINT = 1  # drawing what the controller asked
+    FORCED = 2  # flat out: waiting longer would miss the day's energy
+    OWN_TIMER = 3  # no controller (or it went silent): its own schedule
+    DONE = 4  # the day's energy is in
+
+
+@dataclass
+class FlexLoadState:
+    """A flexible load's progress through its local day."""
+
+    day: int  # the local day (ordinal) the served energy counts towards
+    served_wh: float = 0.0  # drawn towards this day's need
+    power_w: float = 0.0  # drawn now [W, >= 0]
+    mode: int = FlexMode.OWN_TIMER
+
+
+def flex_load_step(state: FlexLoadState, demand_w: float | None, *, local_day: int,
+                   local_hour: float, dt_s: float, spec: FlexLoadSpec) -> float:
+    """Advance a flexible load by ``dt_s`` from local time ``local_hour`` of ``local_day``;
+    return what it draws [W, >= 0].
+
+    ``demand_w`` is the controller's request (W drawn; None: no controller, its own timer
+    runs it from ``default_start_h``). A request below ``min_w`` means off. Whatever is
+    asked, the load draws ``max_w`` once waiting a step longer would leave the day's
+    energy undeliverable by ``deadline_h``, and nothing once the energy is in.
+    """
+    if local_day != state.day:
+        state.day, state.served_wh = local_day, 0.0
+    h = dt_s / 3600.0
+    remaining_wh = max(0.0, spec.daily_energy_wh - state.served_wh)
+    hours_left = spec.deadline_h - local_hour
+    if remaining_wh <= 1e-6 or hours_left <= 0:  # within a microwatt-hour: served
+        p, state.mode = 0.0, FlexMode.DONE
+    elif remaining_wh >= spec.max_w * (hours_left - h):
+        p, state.mode = spec.max_w, FlexMode.FORCED
+    elif demand_w is None:
+        running = local_hour >= spec.default_start_h
+        p, state.mode = (spec.max_w if running else 0.0), FlexMode.OWN_TIMER
+    else:
+        p = min(max(demand_w, 0.0), spec.max_w)
+        p, state.mode = (0.0, FlexMode.IDLE) if p < max(spec.min_w, 1e-9) else (
+            p, FlexMode.SETPOINT)
+    p = min(p, remaining_wh / h)
+    state.served_wh += p * h
+    state.power_w = p
+    return p
+
+
+def flex_load_alone_w(spec: FlexLoadSpec, local_hour: np.ndarray) -> np.ndarray:
+    """What a flexible load left to its own timer draws at each local hour [W, >= 0]:
+    flat out from ``default_start_h`` until the day's energy is in."""
+    h = np.asarray(local_hour, dtype=float)
+    end_h = min(spec.default_start_h + spec.daily_energy_wh / spec.max_w, spec.deadline_h)
+    return np.where((h >= spec.default_start_h) & (h < end_h), spec.max_w, 0.0)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
-from sim.physics import BatteryState, battery_step
-from sim.spec import PlantSpec
+from sim.physics import BatteryState, FlexLoadState, FlexMode, battery_step, flex_load_step
+from sim.spec import FlexLoadSpec, PlantSpec
 from sim.weather import MINUTES_PER_DAY, Weather
 
 VIOLATION_TOLERANCE_RATIO = 0.01  # export above cap × (1 + this) counts as a violation
@@ -41,7 +43,8 @@ class RunStats:
     wind_wh: float = 0.0
     renewable_available_wh: float = 0.0
     curtailed_wh: float = 0.0
-    load_wh: float = 0.0  # energy consumed by loads (positive)
+    load_wh: float = 0.0  # energy consumed by loads, flexible ones included (positive)
+    flexible_load_wh: float = 0.0  # of which by flexible loads
     battery_charge_wh: float = 0.0
     battery_discharge_wh: float = 0.0
     battery_loss_wh: float = 0.0
@@ -75,6 +78,7 @@ class RunStats:
             "renewable_energy_wh": self.renewable_wh,
             "renewable_available_wh": self.renewable_available_wh,
             "load_energy_wh": self.load_wh,
+            "flexible_load_energy_wh": self.flexible_load_wh,
             "export_energy_wh": self.export_wh,
             "import_energy_wh": self.import_wh,
             "battery_throughput_wh": self.battery_throughput_wh,
@@ -138,6 +142,21 @@ class Plant:
         self.reverts: dict[str, float] = {}  # device -> time its limit or setpoint lapsed [s]
         self.battery = {b.id: BatteryState(soc=b.initial_soc, temperature_c=b.ambient_c)
                         for b in spec.batteries}
+        self._tz = ZoneInfo(spec.timezone)
+        day, hour = self._local(start_s)
+        # flexible loads: the controller's request [W drawn] (None: their own timers), and
+        # a twin of each left to its timer for the uncontrolled export; before the start
+        # each ran on its own timer
+        self.flex_demand_w: dict[str, float | None] = dict.fromkeys(f.id for f in spec.flex_loads)
+
+        def before(f: FlexLoadSpec) -> FlexLoadState:
+            ran_h = max(0.0, min(hour, f.deadline_h) - f.default_start_h)
+            served = min(f.daily_energy_wh, f.max_w * ran_h)
+            return FlexLoadState(day=day, served_wh=served, mode=FlexMode.DONE if (
+                served >= f.daily_energy_wh) else FlexMode.OWN_TIMER)
+
+        self.flex = {f.id: before(f) for f in spec.flex_loads}
+        self._flex_alone = {f.id: before(f) for f in spec.flex_loads}
         self.power_w: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
         self.available_w: dict[str, float] = {}
         self.energy_wh: dict[str, float] = {d.id: 0.0 for d in spec.devices()}
@@ -149,6 +168,12 @@ class Plant:
         self._minute_max = -math.inf
         self._minute_unctl = -math.inf
         self._sample(start_s)
+
+    def _local(self, t_s: float) -> tuple[int, float]:
+        """The local day (ordinal) and hour of day at ``t_s``."""
+        lt = datetime.fromtimestamp(t_s, self._tz)
+        return lt.toordinal(), lt.hour + lt.minute / 60.0 + (lt.second + lt.microsecond
+                                                               * 1e-6) / 3600.0
 
     def _stored_wh(self) -> float:
         return sum(self.battery[b.id].soc * b.capacity_wh for b in self.spec.batteries)
@@ -244,6 +269,8 @@ class Plant:
             self.fallbacks[asset_id] = self.t_s
             if asset_id in self.battery_setpoint_w:
                 self.battery_setpoint_w[asset_id] = 0.0
+            if asset_id in self.flex_demand_w:
+                self.flex_demand_w[asset_id] = None  # back to its own timer
             if asset_id in self.limit_w:
                 self.limit_w[asset_id] = self.fallback_limit_w[asset_id]
 
@@ -292,6 +319,19 @@ class Plant:
             st.load_wh += demand * h
             export -= demand
             uncontrolled -= demand
+        if self.spec.flex_loads:
+            day, hour = self._local(self.t_s)
+            for fl in self.spec.flex_loads:
+                demand = flex_load_step(self.flex[fl.id], self.flex_demand_w[fl.id],
+                                        local_day=day, local_hour=hour, dt_s=dt_s, spec=fl)
+                alone = flex_load_step(self._flex_alone[fl.id], None, local_day=day,
+                                       local_hour=hour, dt_s=dt_s, spec=fl)
+                self.power_w[fl.id] = -demand
+                self.energy_wh[fl.id] += demand * h
+                st.load_wh += demand * h
+                st.flexible_load_wh += demand * h
+                export -= demand
+                uncontrolled -= alone
         if self._loss_per_w2:  # the lines lose with the square of the flow
             loss = self._loss_per_w2 * export * export
             export -= loss
@@ -389,6 +429,18 @@ class Plant:
         for ld in sp.loads:
             if ld.id == asset_id:
                 return {"active_power_w": p, "energy_import_wh": self.energy_wh[asset_id]}
+        for fl in sp.flex_loads:
+            if fl.id == asset_id:
+                fs = self.flex[asset_id]
+                demand = self.flex_demand_w[asset_id]
+                return {"active_power_w": p, "energy_import_wh": self.energy_wh[asset_id],
+                        "served_today_wh": fs.served_wh,
+                        "energy_due_wh": max(0.0, fl.daily_energy_wh - fs.served_wh),
+                        "status": float(fs.mode), "max_power_w": fl.max_w,
+                        "min_power_w": fl.min_w, "daily_energy_wh": fl.daily_energy_wh,
+                        "deadline_h": fl.deadline_h,
+                        "power_setpoint_w": 0.0 if demand is None else -demand,
+                        "watchdog": float(self.watchdog.get(asset_id, 0))}
         if sp.meter.id == asset_id:
             return {"export_w": self.export_w, "energy_export_wh": self.stats.export_wh,
                     "energy_import_wh": self.stats.import_wh, "frequency_hz": 50.0}
@@ -405,5 +457,7 @@ class Plant:
             self.limit_w[asset_id] = max(0.0, value)
         elif point == "power_setpoint_w" and asset_id in self.battery_setpoint_w:
             self.battery_setpoint_w[asset_id] = value
+        elif point == "power_setpoint_w" and asset_id in self.flex_demand_w:
+            self.flex_demand_w[asset_id] = max(0.0, -value)  # generator convention: <= 0
         else:
             raise KeyError(f"{asset_id} has no writable point {point!r}")

@@ -70,6 +70,35 @@ class LoadSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlexLoadSpec:
+    """A shiftable load (electric boilers with heat storage, pumping, an electrolyser): it
+    needs ``daily_energy_wh`` each local day by ``deadline_h``, drawing 0 or between
+    ``min_w`` and ``max_w``. Left to itself it runs flat out from ``default_start_h``
+    until the day's energy is in; a controller may move that energy within the day."""
+
+    id: str
+    endpoint: Endpoint
+    max_w: float
+    min_w: float = 0.0
+    daily_energy_wh: float
+    deadline_h: float = 24.0  # local hour by which the day's energy must be in
+    default_start_h: float = 0.0  # local hour its own timer starts it
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min_w <= self.max_w or self.max_w <= 0:
+            raise ValueError(f"{self.id}: need 0 <= min_w <= max_w and max_w > 0, got "
+                             f"{self.min_w} / {self.max_w}")
+        if not 0 <= self.default_start_h < self.deadline_h <= 24:
+            raise ValueError(f"{self.id}: need 0 <= default_start_h < deadline_h <= 24, got "
+                             f"{self.default_start_h} / {self.deadline_h}")
+        room_wh = self.max_w * (self.deadline_h - self.default_start_h)
+        if not 0 <= self.daily_energy_wh <= room_wh:
+            raise ValueError(f"{self.id}: daily_energy_wh {self.daily_energy_wh:g} must be in "
+                             f"[0, {room_wh:g}] (max_w x the hours from default_start_h "
+                             "to deadline_h)")
+
+
+@dataclass(frozen=True, kw_only=True)
 class MeterSpec:
     id: str
     endpoint: Endpoint
@@ -108,7 +137,10 @@ class PlantSpec:
     wind: tuple[WindSpec, ...] = ()
     batteries: tuple[BatterySpec, ...] = ()
     loads: tuple[LoadSpec, ...] = ()
+    flex_loads: tuple[FlexLoadSpec, ...] = ()
     weather: WeatherSpec = field(default_factory=WeatherSpec)
 
-    def devices(self) -> list[PvSpec | WindSpec | BatterySpec | LoadSpec | MeterSpec]:
-        return [*self.pv, *self.wind, *self.batteries, *self.loads, self.meter]
+    def devices(self) -> list[PvSpec | WindSpec | BatterySpec | LoadSpec | FlexLoadSpec
+                              | MeterSpec]:
+        return [*self.pv, *self.wind, *self.batteries, *self.loads, *self.flex_loads,
+                self.meter]

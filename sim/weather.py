@@ -154,7 +154,8 @@ class Weather:
         return self._days[idx]
 
     def frame(self, start_s: float, end_s: float) -> pd.DataFrame:
-        """One-minute frame of every device's available power and load over [start, end)."""
+        """One-minute frame of every device's available power and load over [start, end)
+        (a flexible load: what its own timer draws)."""
         parts = []
         t = start_s
         while t < end_s:
@@ -165,6 +166,11 @@ class Weather:
             cols.update({f"{k}": -v for k, v in day.load_w.items()})
             idx = pd.date_range(pd.Timestamp(day.t0_s, unit="s", tz="UTC"),
                                 periods=MINUTES_PER_DAY, freq="1min")
+            if self.spec.flex_loads:  # the flexible loads as their own timers run them
+                local = idx.tz_convert(self.spec.timezone)
+                hours = np.asarray(local.hour + local.minute / 60.0)
+                cols.update({f.id: -physics.flex_load_alone_w(f, hours)
+                             for f in self.spec.flex_loads})
             parts.append(pd.DataFrame(cols, index=idx))
             t = day.t0_s + 86400.0
         df = pd.concat(parts)

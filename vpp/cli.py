@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from vpp.config import ConfigError, SiteConfig, load_config
+from vpp.config import ConfigError, LoadAsset, SiteConfig, load_config
 
 app = typer.Typer(help="County VPP controller: peak-free feed-in under an export cap.",
                   no_args_is_help=True, add_completion=False)
@@ -88,8 +88,12 @@ def check_config(file: Annotated[Path, typer.Argument(help="site configuration (
         elif a.kind == "battery":
             rating = (f"{a.capacity_wh / 1e6:.1f} MWh, {a.max_charge_w / 1e6:.1f}/"  # type: ignore[union-attr]
                       f"{a.max_discharge_w / 1e6:.1f} MW")  # type: ignore[union-attr]
-        elif a.kind == "load":
-            rating = f"peak {a.peak_w / 1e6:.1f} MW"  # type: ignore[union-attr]
+        elif isinstance(a, LoadAsset) and a.flexible is not None:
+            f = a.flexible
+            rating = (f"flexible, {f.daily_energy_wh / 1e6:.1f} MWh/day by {f.deadline_h:g} h, "
+                      f"<= {f.max_w / 1e6:.1f} MW")
+        elif isinstance(a, LoadAsset) and a.peak_w is not None:
+            rating = f"peak {a.peak_w / 1e6:.1f} MW"
         t.add_row(a.id, a.kind, a.profile, f"{a.host}:{a.port}/{a.unit_id}", rating)
     console.print(t)
     d, c = cfg.dispatch, cfg.control

@@ -127,9 +127,44 @@ class BatteryAsset(_AssetBase):
         return self
 
 
+class FlexibleLoad(_Frozen):
+    """A load that can be shifted within its day: it needs ``daily_energy_wh`` by local
+    ``deadline_h``, drawing 0 or ``min_w``..``max_w``; left alone, its own timer runs it
+    flat out from ``default_start_h``."""
+
+    max_w: float = Field(gt=0)
+    min_w: float = Field(default=0.0, ge=0)
+    daily_energy_wh: float = Field(ge=0)
+    deadline_h: float = Field(default=24.0, gt=0, le=24)
+    default_start_h: float = Field(default=0.0, ge=0, lt=24)
+
+    @model_validator(mode="after")
+    def _feasible(self) -> Self:
+        if self.min_w > self.max_w:
+            raise ValueError(f"min_w ({self.min_w:g}) must not exceed max_w ({self.max_w:g})")
+        if self.default_start_h >= self.deadline_h:
+            raise ValueError(f"default_start_h ({self.default_start_h:g}) must come before "
+                             f"deadline_h ({self.deadline_h:g})")
+        room = self.max_w * (self.deadline_h - self.default_start_h)
+        if self.daily_energy_wh > room:
+            raise ValueError(f"daily_energy_wh {self.daily_energy_wh:g} cannot be drawn between "
+                             f"default_start_h and deadline_h at max_w (at most {room:g})")
+        return self
+
+
 class LoadAsset(_AssetBase):
     kind: Literal["load"]
-    peak_w: float = Field(gt=0, description="typical peak demand")
+    peak_w: float | None = Field(default=None, gt=0, description="typical peak demand")
+    flexible: FlexibleLoad | None = Field(
+        default=None, description="a shiftable load: its daily energy, power and deadline")
+
+    @model_validator(mode="after")
+    def _peak_or_flexible(self) -> Self:
+        if (self.peak_w is None) == (self.flexible is None):
+            raise ValueError(f"load {self.id}: give peak_w (a county load following the daily "
+                             "shape) or a [flexible] table (a shiftable load), not "
+                             f"{'both' if self.peak_w else 'neither'}")
+        return self
 
 
 class MeterAsset(_AssetBase):

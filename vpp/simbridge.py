@@ -5,6 +5,7 @@ from __future__ import annotations
 from sim.spec import (
     BatterySpec,
     Endpoint,
+    FlexLoadSpec,
     LoadSpec,
     MeterSpec,
     PlantSpec,
@@ -41,6 +42,9 @@ def plant_spec(config: SiteConfig) -> PlantSpec:
             charge_efficiency=a.charge_efficiency, discharge_efficiency=a.discharge_efficiency,
             initial_soc=s.initial_soc) for a in config.assets if isinstance(a, BatteryAsset)),
         loads=tuple(LoadSpec(id=a.id, endpoint=ep(a), peak_w=a.peak_w)
-                    for a in config.assets if isinstance(a, LoadAsset)),
+                    for a in config.assets if isinstance(a, LoadAsset) and a.peak_w),
+        flex_loads=tuple(FlexLoadSpec(id=a.id, endpoint=ep(a), **a.flexible.model_dump())
+                         for a in config.assets
+                         if isinstance(a, LoadAsset) and a.flexible is not None),
         weather=WeatherSpec(cloudiness=s.cloudiness, mean_wind_m_s=s.mean_wind_m_s),
     )

@@ -297,3 +297,27 @@ async def test_a_sunspec_battery_is_discovered_and_dispatched(demo_config: SiteC
     assert rep["cap_violation_s"] == 0
     assert rep["battery_throughput_wh"] > 0
     assert "bess1" not in demo.sim.plant.reverts  # refreshed before its timer lapsed
+
+
+async def test_a_flexible_load_is_read_and_kept_alive_by_the_controller(
+        demo_config: SiteConfig) -> None:
+    """A shiftable load (generic-flex-load) on its own timer: the controller reads it as a
+    load, heartbeats it (so it would follow setpoints) and keeps the cap; its past in the
+    demo's history is what its timer drew. Dispatching it is the dispatcher's work."""
+    from tests.sim.test_flex_load import _with_boilers
+
+    demo = Demo(midday(_with_boilers(demo_config)),
+                DemoOptions(hours=1.0, speed=600.0, ephemeral_ports=True))
+    without = Demo(midday(demo_config), DemoOptions(hours=1.0, ephemeral_ports=True))
+    extra = demo.history_frame()["load"] - without.history_frame()["load"]
+    # 32 MWh a day at 8 MW from midnight: 4 h of 8 MW each past day, in the load series
+    assert set(extra.round(3)) == {0.0, 8e6}
+    days = demo.config.sim.history_days
+    assert extra.sum() * demo.config.forecasting.step_s / 3600 == pytest.approx(32e6 * days)
+    async with demo:
+        await demo.wait()
+        assert demo.controller.devices["boilers"].value("active_power_w") == 0.0  # done today
+        assert demo.sim.plant.watchdog["boilers"] > 0
+    rep = demo.report()
+    assert rep["cap_violation_s"] == 0
+    assert rep["energy_balance_error_ratio"] < 1e-9

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
@@ -10,8 +11,16 @@ import pandas as pd
 import pytest
 
 from sim import Plant
-from sim.physics import BatteryState, battery_step, load_shape, wind_power_w
-from sim.spec import BatterySpec, Endpoint, WindSpec
+from sim.physics import (
+    BatteryState,
+    FlexLoadState,
+    FlexMode,
+    battery_step,
+    flex_load_step,
+    load_shape,
+    wind_power_w,
+)
+from sim.spec import BatterySpec, Endpoint, FlexLoadSpec, WindSpec
 from vpp.config import SiteConfig
 from vpp.simbridge import plant_spec
 
@@ -248,3 +257,52 @@ def test_a_plant_battery_with_failed_cooling_reports_its_heat_and_trip(
     plant.fail_cooling(bid, failed=False)
     plant.advance_to(start + 3000)  # cooled below its reset temperature: it runs again
     assert plant.device_values(bid)["status"] == 2.0
+
+
+FLEX = FlexLoadSpec(id="boilers", endpoint=Endpoint(port=1, profile="generic-flex-load"),
+                    max_w=10e6, min_w=2e6, daily_energy_wh=40e6, deadline_h=22.0,
+                    default_start_h=1.0)
+
+
+def _flex_day(demand: Callable[[float], float | None], day: int = 1) -> tuple[list[float],
+                                                                            FlexLoadState]:
+    """A day of a flexible load in one-minute steps: the power drawn each minute."""
+    st = FlexLoadState(day=day - 1)
+    out = [flex_load_step(st, demand(m / 60.0), local_day=day, local_hour=m / 60.0,
+                          dt_s=60.0, spec=FLEX) for m in range(24 * 60)]
+    return out, st
+
+
+def test_a_flexible_load_alone_runs_on_its_timer_until_the_day_is_served() -> None:
+    drawn, st = _flex_day(lambda h: None)
+    on = [m for m, p in enumerate(drawn) if p > 0]
+    assert on[0] == 60 and on[-1] == 60 + 4 * 60 - 1  # 01:00 for 4 h at 10 MW
+    assert sum(drawn) / 60.0 == pytest.approx(40e6)
+    assert st.mode == FlexMode.DONE
+
+
+def test_a_flexible_load_follows_its_setpoint_and_is_forced_before_its_deadline() -> None:
+    # asked for nothing all day: it holds off, then runs flat out for the last 4 h so the
+    # day's energy is in by 22:00, and no earlier than it must
+    drawn, _ = _flex_day(lambda h: 0.0)
+    on = [m for m, p in enumerate(drawn) if p > 0]
+    assert on[0] == 18 * 60 - 1 and on[-1] == 22 * 60 - 1
+    assert sum(drawn) / 60.0 == pytest.approx(40e6)
+    # midday at 5 MW from 10:00 to 18:00: served by 18:00, then done
+    drawn, _ = _flex_day(lambda h: 5e6 if 10 <= h < 18 else 0.0)
+    assert all(p == pytest.approx(5e6) for p in drawn[600:1080])
+    assert sum(drawn[:600]) == 0 and sum(drawn[1080:]) == 0
+    # a request below its minimum is off; above its maximum, its maximum
+    st = FlexLoadState(day=1)
+    assert flex_load_step(st, 1e6, local_day=1, local_hour=3.0, dt_s=60, spec=FLEX) == 0.0
+    assert st.mode == FlexMode.IDLE
+    assert flex_load_step(st, 50e6, local_day=1, local_hour=3.0, dt_s=60, spec=FLEX) == 10e6
+    # a new day needs its energy again
+    flex_load_step(st, 0.0, local_day=2, local_hour=0.0, dt_s=60, spec=FLEX)
+    assert st.served_wh == 0.0
+
+
+def test_an_infeasible_flexible_load_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"daily_energy_wh 3e\+08 must be in \[0, 2.1e\+08\]"):
+        FlexLoadSpec(id="x", endpoint=FLEX.endpoint, max_w=10e6, daily_energy_wh=300e6,
+                     deadline_h=22.0, default_start_h=1.0)

@@ -15,6 +15,7 @@ EXPECTED_CAPABILITIES = {
     "generic-battery": {Capability.READS_ACTIVE_POWER, Capability.ACCEPTS_POWER_SETPOINT,
                         Capability.HAS_SOC},
     "generic-load": {Capability.READS_ACTIVE_POWER},
+    "generic-flex-load": {Capability.READS_ACTIVE_POWER, Capability.ACCEPTS_POWER_SETPOINT},
     "generic-meter": {Capability.READS_EXPORT},
     "huawei-sun2000": {Capability.READS_ACTIVE_POWER, Capability.SETS_ACTIVE_POWER_LIMIT},
 }

@@ -23,6 +23,7 @@ lifts, so a 123-only inverter cannot keep the cap on its own when the controller
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from drivers.connection import DeviceError
 from drivers.device import Device, WriteResult
@@ -57,6 +58,13 @@ class CapabilityError(DeviceError):
 def _alias(dev: Device, house: str) -> str | None:
     a = dev.profile.aliases.get(house)
     return None if a is None else a.point
+
+
+def _alias_or_refuse(dev: Device, house: str, refusal: str) -> str:
+    point = _alias(dev, house)
+    if point is None:
+        raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} {refusal}")
+    return point
 
 
 def _has_point(dev: Device, name: str) -> bool:
@@ -114,17 +122,24 @@ async def set_active_power_limit_w(dev: Device, value_w: float, *, revert_s: flo
     """Set the device's active-power limit [W]; the result is in W."""
     if _has_point(dev, LIMIT_W):
         return await dev.write(LIMIT_W, value_w, deadline_s=deadline_s, verify=verify)
-    pct_point = _alias(dev, LIMIT_PCT)
-    if pct_point is None:
-        raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} cannot set an "
-                              "active-power limit")
+    pct_point = _alias_or_refuse(dev, LIMIT_PCT, "cannot set an active-power limit")
     base = _percent_base_w(dev)
-    revert = _alias(dev, LIMIT_REVERT_S)
+    return await _write_timed(
+        dev, _alias(dev, LIMIT_REVERT_S), revert_s, _alias(dev, LIMIT_ENABLE),
+        lambda: _write_percent(dev, pct_point, LIMIT_W, value_w, base, deadline_s, verify),
+        deadline_s, verify)
+
+
+async def _write_timed(dev: Device, revert: str | None, revert_s: float, enable: str | None,
+                       main: Callable[[], Awaitable[WriteResult]], deadline_s: float | None,
+                       verify: bool) -> WriteResult:
+    """A SunSpec control the way 704/123 take it: its reversion timer, then the value
+    (``main``), then its enable flag, written every time: on some devices that write arms
+    the reversion timer."""
     if revert is not None:
         await dev.write(revert, revert_s, deadline_s=deadline_s, verify=verify)
-    res = await _write_percent(dev, pct_point, LIMIT_W, value_w, base, deadline_s, verify)
-    enable = _alias(dev, LIMIT_ENABLE)
-    if enable is not None:  # always: on some devices this write arms the reversion timer
+    res = await main()
+    if enable is not None:
         await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
     return res
 
@@ -135,19 +150,15 @@ async def set_battery_power_w(dev: Device, value_w: float, *, revert_s: float,
     """Set a battery's power [W, + discharge, - charge]; the result is in W."""
     if _has_point(dev, SETPOINT_W):
         return await dev.write(SETPOINT_W, value_w, deadline_s=deadline_s, verify=verify)
-    point = _alias(dev, SETPOINT_W)
-    if point is None:
-        raise CapabilityError(f"{dev.asset_id}: profile {dev.profile.name} takes no power "
-                              "setpoint")
+    point = _alias_or_refuse(dev, SETPOINT_W, "takes no power setpoint")
     mode, revert, enable = (_alias(dev, n) for n in (SETPOINT_MODE, SETPOINT_REVERT_S,
                                                      SETPOINT_ENABLE))
     if mode is not None and dev.value(SETPOINT_MODE) != SETPOINT_MODE_WATTS:
         await dev.write(mode, SETPOINT_MODE_WATTS, deadline_s=deadline_s, verify=verify)
-    if revert is not None:
-        await dev.write(revert, revert_s, deadline_s=deadline_s, verify=verify)
-    res = await dev.write(point, value_w, deadline_s=deadline_s, verify=verify)
-    if enable is not None:  # always: this write arms the reversion timer
-        await dev.write(enable, 1.0, deadline_s=deadline_s, verify=verify)
+    res = await _write_timed(
+        dev, revert, revert_s, enable,
+        lambda: dev.write(point, value_w, deadline_s=deadline_s, verify=verify),
+        deadline_s, verify)
     return WriteResult(SETPOINT_W, res.requested, res.written, res.clamped, res.attempts)
 
 

@@ -119,6 +119,8 @@ class Plant:
                          ("load_w", [ld.id for ld in spec.loads]))
         self._cap_changes: list[tuple[float, float]] = []  # (from t_s, cap [W]), in order
         self.tripped: set[str] = set()  # batteries tripped (fault injection)
+        # batteries' own protection: (t_s, battery, "trip" | "reset") on over-temperature
+        self.bms_events: list[tuple[float, str, str]] = []
         self._generators = [(g.id, "pv") for g in spec.pv] + [(g.id, "wind") for g in spec.wind]
         self.rated_w = {g.id: g.rated_power_w for g in spec.pv} | {
             g.id: g.rated_power_w for g in spec.wind}
@@ -307,9 +309,13 @@ class Plant:
             uncontrolled += avail
         for b in self.spec.batteries:
             setpoint = self.battery_setpoint_w[b.id]
+            bs = self.battery[b.id]
             if b.id in self.tripped:  # the breaker is open: nothing flows, at once
-                setpoint = self.battery[b.id].power_w = 0.0
-            out = battery_step(self.battery[b.id], setpoint, dt_s, b)
+                setpoint = bs.power_w = 0.0
+            hot = bs.over_temperature
+            out = battery_step(bs, setpoint, dt_s, b)
+            if bs.over_temperature != hot:
+                self.bms_events.append((self.t_s + dt_s, b.id, "trip" if not hot else "reset"))
             self.power_w[b.id] = out
             export += out
         for ld in self.spec.loads:

@@ -27,6 +27,18 @@ POSTGRES_ADMIN_URL = os.environ.get("VPP_TEST_POSTGRES_URL",
                                     "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+class ManualClock:
+    """Simulated time for a served plant that moves only when a test sets ``t``."""
+
+    speed = 1.0
+
+    def __init__(self, t_s: float) -> None:
+        self.t = t_s
+
+    def time(self) -> float:
+        return self.t
+
+
 @pytest.fixture(autouse=True)
 def no_leaked_threads() -> Iterator[None]:
     """Fail a test that leaves threads running (executors, servers) behind."""

@@ -153,6 +153,8 @@ class ScenarioRun:
                              "notice_s": c.notice_s} for c in sc.cap],
             "faults": [{"t": _iso(e.t_s, sc), "device": e.device, "kind": e.kind,
                         "action": e.action} for e in self.injector.events],
+            "bms_events": [{"t": _iso(t, sc), "device": d, "action": a}
+                           for t, d, a in self.demo.sim.plant.bms_events],
         })
         return rep
 

@@ -11,20 +11,12 @@ import pytest
 from drivers import Device, ModbusConnection, PollClass, load_profile
 from sim import SimulatedPlant
 from sim.physics import FlexMode
+from tests.conftest import ManualClock
 from vpp.config import ConfigError, FlexibleLoad, LoadAsset, SiteConfig, load_config
 from vpp.simbridge import plant_spec
 
 START_S = datetime(2026, 4, 15, 2, tzinfo=UTC).timestamp()  # 10:00 local
 
-
-class ManualClock:
-    speed = 1.0
-
-    def __init__(self) -> None:
-        self.t = START_S
-
-    def time(self) -> float:
-        return self.t
 
 
 def _with_boilers(cfg: SiteConfig) -> SiteConfig:
@@ -36,7 +28,7 @@ def _with_boilers(cfg: SiteConfig) -> SiteConfig:
 
 
 async def test_a_flexible_load_is_served_read_and_commanded(demo_config: SiteConfig) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_S)
     spec = plant_spec(_with_boilers(demo_config))
     assert [f.id for f in spec.flex_loads] == ["boilers"] and len(spec.loads) == 1
     async with SimulatedPlant(spec, clock=clock, seed=4) as sim:

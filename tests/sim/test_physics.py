@@ -254,6 +254,8 @@ def test_a_plant_battery_with_failed_cooling_reports_its_heat_and_trip(
     tripped = plant.device_values(bid)
     assert tripped["status"] == 3.0 and tripped["active_power_w"] == 0.0
     assert tripped["temperature_c"] >= 50
+    assert [(d, a) for _, d, a in plant.bms_events] == [(bid, "trip")]
+    assert start + 1000 < plant.bms_events[0][0] < start + 1300
     plant.fail_cooling(bid, failed=False)
     plant.advance_to(start + 3000)  # cooled below its reset temperature: it runs again
     assert plant.device_values(bid)["status"] == 2.0

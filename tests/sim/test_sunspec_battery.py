@@ -14,22 +14,12 @@ from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 from drivers import Device, ModbusConnection, PollClass, capabilities
 from drivers.sunspec import build_profile, discover, standard_values
 from sim import SimulatedPlant
+from tests.conftest import ManualClock
 from vpp.config import REQUIRED_CAPABILITIES, SiteConfig
 from vpp.simbridge import plant_spec
 
 START_S = datetime(2026, 4, 15, 4, tzinfo=UTC).timestamp()  # noon local
 
-
-class ManualClock:
-    """Simulated time that moves only when the test says."""
-
-    speed = 1.0
-
-    def __init__(self) -> None:
-        self.t = START_S
-
-    def time(self) -> float:
-        return self.t
 
 
 def _sunspec_bess(cfg: SiteConfig) -> SiteConfig:
@@ -58,7 +48,7 @@ def _peer(port: int, write: dict[str, float] | None = None) -> dict[int, dict[st
 
 async def test_pysunspec2_reads_and_commands_the_simulated_battery(
         demo_config: SiteConfig) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_S)
     async with SimulatedPlant(plant_spec(_sunspec_bess(demo_config)), clock=clock,
                               seed=3) as sim:
         spec = sim.spec.batteries[0]
@@ -92,7 +82,7 @@ async def test_pysunspec2_reads_and_commands_the_simulated_battery(
 
 async def test_the_drivers_discover_and_command_it_with_a_reverting_setpoint(
         demo_config: SiteConfig) -> None:
-    clock = ManualClock()
+    clock = ManualClock(START_S)
     async with SimulatedPlant(plant_spec(_sunspec_bess(demo_config)), clock=clock,
                               seed=3) as sim:
         host, port = sim.endpoint_of("bess1")

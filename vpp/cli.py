@@ -468,7 +468,8 @@ def sim_run(
         run.demo.sim.plant.stats, out_dir=report, tz=cfg.site.timezone,
         generators=[a.id for a in cfg.assets if a.kind in ("pv", "wind")],
         batteries=[a.id for a in cfg.assets if a.kind == "battery"],
-        forecasts=run.forecasts.vintages, title=f"{sc.name} on {cfg.site.id}")
+        forecasts=run.forecasts.vintages, title=f"{sc.name} on {cfg.site.id}",
+        spans=run.fault_spans())
     rep["plots"] = [p.name for p in plots]
     write_report(rep, report / "report.json")
     LiveView.print_report(console, rep)

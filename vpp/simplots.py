@@ -3,6 +3,7 @@ forecast, the batteries' SOC, and curtailment. Times are the site's local time."
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,17 @@ def _axis(ax: Any, tz: str, ylabel: str, title: str) -> None:
     ax.legend(loc="best", fontsize=8, framealpha=0.9)
 
 
+def _spans(ax: Any, spans: Sequence[tuple[float, float, str]], tz: str) -> None:
+    """Shade each (start_s, end_s, label) span, labelled at the top of the axes."""
+    for k, (t0, t1, label) in enumerate(spans):
+        a, b = (pd.Timestamp(t, unit="s", tz="UTC").tz_convert(tz) for t in (t0, t1))
+        ax.axvspan(a, b, color="tab:purple", alpha=0.12, lw=0,
+                   label="fault in force" if k == 0 else None)
+        ax.annotate(label, xy=(a, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -10 - 9 * (k % 4)), textcoords="offset points", fontsize=7,
+                    color="tab:purple")
+
+
 def forecast_at_lead(vintages: list[Any], lead_s: float, level: float) -> pd.Series:
     """For each step, the quantile ``level`` of the newest forecast issued at least
     ``lead_s`` before the step began [W]."""
@@ -53,8 +65,10 @@ def forecast_at_lead(vintages: list[Any], lead_s: float, level: float) -> pd.Ser
 
 def write_plots(stats: RunStats, *, out_dir: Path, tz: str, generators: list[str],
                 batteries: list[str], forecasts: dict[str, list[Any]], title: str,
-                lead_s: float = 3600.0) -> list[Path]:
-    """Write the run's PNG plots into ``out_dir``; returns their paths."""
+                lead_s: float = 3600.0,
+                spans: Sequence[tuple[float, float, str]] = ()) -> list[Path]:
+    """Write the run's PNG plots into ``out_dir``; returns their paths. ``spans``
+    (start_s, end_s, label) shade the faults on the export and SOC plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     df = _frame(stats, tz)
     paths: list[Path] = []
@@ -76,6 +90,7 @@ def write_plots(stats: RunStats, *, out_dir: Path, tz: str, generators: list[str
             label="PCC export (minute max)")
     ax.step(df.index, df["cap_w"] / MW, where="post", color="tab:red", lw=1.5,
             label="export cap")
+    _spans(ax, spans, tz)
     _axis(ax, tz, "power [MW]", "PCC export against the cap (simulator's meter)")
     save(fig, "pcc_export.png")
 
@@ -111,6 +126,7 @@ def write_plots(stats: RunStats, *, out_dir: Path, tz: str, generators: list[str
         for bid in batteries:
             ax.plot(df.index, 100 * df[f"{bid}.soc"], lw=1.2, label=f"{bid} SOC")
         ax.set_ylim(0, 100)
+        _spans(ax, [sp for sp in spans if any(b in sp[2] for b in batteries)], tz)
         _axis(ax, tz, "state of charge [%]", "Battery state of charge")
         save(fig, "battery_soc.png")
 

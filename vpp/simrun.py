@@ -13,12 +13,12 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sim.inject import FaultInjector
+from sim.inject import Event, FaultInjector
 from sim.scenario import REGIME_INDEX, Scenario
 from sim.spec import PlantSpec, WeatherPeriod, WeatherSpec
 from vpp.config import SiteConfig
@@ -157,6 +157,35 @@ class ScenarioRun:
                            for t, d, a in self.demo.sim.plant.bms_events],
         })
         return rep
+
+
+    def fault_spans(self) -> list[tuple[float, float, str]]:
+        """The faults and BMS trips of the run, for the plots (see :func:`fault_spans`)."""
+        plant = self.demo.sim.plant
+        return fault_spans(self.injector.events, plant.bms_events, plant.t_s)
+
+
+def fault_spans(events: Sequence[Event], bms_events: Sequence[tuple[float, str, str]],
+                end_s: float) -> list[tuple[float, float, str]]:
+    """(start_s, end_s, label) of every injected fault and every BMS trip, in time order;
+    one still in force at the end lasts to ``end_s``."""
+    spans: list[tuple[float, float, str]] = []
+    began: dict[int, tuple[float, str]] = {}
+    for e in events:
+        if e.action == "start":
+            began[e.fault_id] = (e.t_s, f"{e.device} {e.kind}")
+        elif e.fault_id in began:
+            t0, label = began.pop(e.fault_id)
+            spans.append((t0, e.t_s, label))
+    spans += [(t0, end_s, label) for t0, label in began.values()]
+    hot: dict[str, float] = {}
+    for t, device, action in bms_events:
+        if action == "trip":
+            hot[device] = t
+        elif device in hot:
+            spans.append((hot.pop(device), t, f"{device} BMS trip (hot)"))
+    spans += [(t0, end_s, f"{d} BMS trip (hot)") for d, t0 in hot.items()]
+    return sorted(spans)
 
 
 def _iso(t_s: float, sc: Scenario) -> str:

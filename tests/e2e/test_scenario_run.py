@@ -25,7 +25,8 @@ def test_vpp_sim_run_writes_the_report_and_the_plots(tmp_path: Path) -> None:
     assert "Traceback" not in res.stderr
     assert "plots written" in res.stdout
     rep = json.loads((out / "report.json").read_text())
-    for key in (*DEMO_KEYS, "scenario", "cap_changes", "faults", "plots", "warmup_s"):
+    for key in (*DEMO_KEYS, "scenario", "cap_changes", "faults", "bms_events", "plots",
+                "warmup_s"):
         assert key in rep, key
     assert rep["scenario"] == "midday-short"
     # the books cover the scenario, not the warm-up
@@ -50,3 +51,17 @@ def test_vpp_sim_run_writes_the_report_and_the_plots(tmp_path: Path) -> None:
     for name in rep["plots"]:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+
+
+def test_fault_spans_pair_starts_with_ends_and_run_to_the_end() -> None:
+    from sim.inject import Event
+    from vpp.simrun import fault_spans
+
+    events = [Event(10.0, "bess1", "trip", "start", 1), Event(20.0, "pcc", "offline", "start", 2),
+              Event(30.0, "bess1", "trip", "end", 1), Event(40.0, "wf1", "drop", "start", 3),
+              Event(50.0, "wf1", "drop", "end", 3)]
+    bms = [(15.0, "bess1", "trip"), (25.0, "bess1", "reset"), (60.0, "bess1", "trip")]
+    assert fault_spans(events, bms, 100.0) == [
+        (10.0, 30.0, "bess1 trip"), (15.0, 25.0, "bess1 BMS trip (hot)"),
+        (20.0, 100.0, "pcc offline"), (40.0, 50.0, "wf1 drop"),
+        (60.0, 100.0, "bess1 BMS trip (hot)")]

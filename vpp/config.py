@@ -350,9 +350,12 @@ class SiteConfig(_Frozen):
             if prof.kind != a.kind:
                 raise ValueError(f"asset {a.id} is a {a.kind} but profile {a.profile} is for "
                                  f"a {prof.kind}")
-            lacking = REQUIRED_CAPABILITIES[a.kind] - prof.capabilities
+            need, what = REQUIRED_CAPABILITIES[a.kind], a.kind
+            if isinstance(a, LoadAsset) and a.flexible is not None:
+                need, what = need | {Capability.ACCEPTS_POWER_SETPOINT}, "flexible load"
+            lacking = need - prof.capabilities
             if lacking:
-                raise ValueError(f"profile {a.profile} of asset {a.id} lacks what a {a.kind} "
+                raise ValueError(f"profile {a.profile} of asset {a.id} lacks what a {what} "
                                  f"needs: {sorted(c.value for c in lacking)}")
         endpoints = {(a.host, a.port) for a in self.assets}
         if len(endpoints) > self.polling.max_connections:

@@ -81,3 +81,10 @@ def test_a_flexible_load_that_cannot_be_served_is_refused_by_name(tmp_path) -> N
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     assert "daily_energy_wh 3e+07 cannot be drawn" in str(err.value.problems)
+    # a flexible load needs a profile it can be commanded through
+    bad.write_text(text.replace("daily_energy_wh = 30e6", "daily_energy_wh = 1e6").replace(
+        'profile = "generic-flex-load"', 'profile = "generic-load"'), encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert ("profile generic-load of asset boilers lacks what a flexible load needs: "
+            "['accepts_power_setpoint']") in str(err.value.problems)

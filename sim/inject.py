@@ -32,6 +32,15 @@ _BATTERY_FAULTS: dict[FaultType, Callable[[Plant, str, bool], None]] = {
     FaultType.TRIP: Plant.trip, FaultType.COOLING: Plant.fail_cooling}
 
 
+def _slot(f: FaultAction) -> tuple[str, str, str]:
+    """Where a fault acts: faults with the same slot replace each other."""
+    if f.kind in _BATTERY_FAULTS:
+        return (f.device, f.kind.value, "")
+    if f.kind is FaultType.GARBAGE:
+        return (f.device, "point", f.point or "")
+    return (f.device, "answers", "")
+
+
 @dataclass(frozen=True)
 class Event:
     """Something the injector did, for the run report."""
@@ -101,16 +110,7 @@ class FaultInjector:
         """Begin a fault now; returns its id. Ends when :meth:`end` is called with the id
         (the scenario's timeline does that after its duration)."""
         self.check(f)
-        unit_id, server = self._unit(f.device)
-        if f.kind in _BATTERY_FAULTS:
-            self.sim.plant.advance_to(self.sim.clock.time())
-            _BATTERY_FAULTS[f.kind](self.sim.plant, f.device, True)
-        elif f.kind is FaultType.GARBAGE:
-            assert f.point is not None
-            server.units[unit_id].overrides[f.point] = SENTINEL if f.value is None else f.value
-        else:
-            server.faults[unit_id] = Fault(_SERVER_FAULTS[f.kind], delay_s=f.delay_s,
-                                           code=f.code)
+        self._apply(f)
         fid, self._next_id = self._next_id, self._next_id + 1
         now = self.sim.clock.time()
         self.active[fid] = Active(fid, f, now, None if f.duration_s is None
@@ -121,17 +121,34 @@ class FaultInjector:
     def end(self, fault_id: int) -> None:
         """End a fault in force now (KeyError if there is none with this id)."""
         f = self.active.pop(fault_id).action
+        # faults that hold the same place (a battery's breaker or cooling, a point's value,
+        # the device's answers): the newest still in force takes it back
+        rest = [a.action for _, a in sorted(self.active.items())
+                if _slot(a.action) == _slot(f)]
+        if rest:
+            self._apply(rest[-1])
+        else:
+            self._apply(f, on=False)
+        self._note(fault_id, f, "end")
+
+    def _apply(self, f: FaultAction, *, on: bool = True) -> None:
+        """Put a fault in force on the plant or its server (``on``), or clear its place."""
         unit_id, server = self._unit(f.device)
         if f.kind in _BATTERY_FAULTS:
             self.sim.plant.advance_to(self.sim.clock.time())
-            if not any(a.action.kind is f.kind and a.action.device == f.device
-                       for a in self.active.values()):
-                _BATTERY_FAULTS[f.kind](self.sim.plant, f.device, False)
+            _BATTERY_FAULTS[f.kind](self.sim.plant, f.device, on)
         elif f.kind is FaultType.GARBAGE:
-            server.units[unit_id].overrides.pop(f.point or "", None)
+            assert f.point is not None
+            overrides = server.units[unit_id].overrides
+            if on:
+                overrides[f.point] = SENTINEL if f.value is None else f.value
+            else:
+                overrides.pop(f.point, None)
+        elif on:
+            server.faults[unit_id] = Fault(_SERVER_FAULTS[f.kind], delay_s=f.delay_s,
+                                           code=f.code)
         else:
             server.faults.pop(unit_id, None)
-        self._note(fault_id, f, "end")
 
     def inject(self, f: FaultAction) -> int:
         """Begin a fault now and, if it has a duration, end it after that long on the

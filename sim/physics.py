@@ -168,6 +168,7 @@ class FlexMode:
     FORCED = 2  # flat out: waiting longer would miss the day's energy
     OWN_TIMER = 3  # no controller (or it went silent): its own schedule
     DONE = 4  # the day's energy is in
+    MISSED = 5  # the deadline passed without the day's energy (it was kept from running)
 
 
 @dataclass
@@ -195,8 +196,10 @@ def flex_load_step(state: FlexLoadState, demand_w: float | None, *, local_day: i
     h = dt_s / 3600.0
     remaining_wh = max(0.0, spec.daily_energy_wh - state.served_wh)
     hours_left = spec.deadline_h - local_hour
-    if remaining_wh <= 1e-6 or hours_left <= 0:  # within a microwatt-hour: served
+    if remaining_wh <= 1e-6:  # within a microwatt-hour: served
         p, state.mode = 0.0, FlexMode.DONE
+    elif hours_left <= 0:
+        p, state.mode = 0.0, FlexMode.MISSED
     elif remaining_wh >= spec.max_w * (hours_left - h):
         p, state.mode = spec.max_w, FlexMode.FORCED
     elif demand_w is None:

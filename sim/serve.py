@@ -196,6 +196,9 @@ class SimulatedPlant:
         def on_write(point: str, value: float) -> None:
             plant.advance_to(self.clock.time())
             enabled = plant.setpoint_enabled[asset_id]
+            if enabled:  # what is in force (a lapse may have put the reversion value there)
+                ctl["wset"] = plant.battery_setpoint_w[asset_id]
+                ctl["pct"] = 100.0 * ctl["wset"] / wmax
             if point == "m704_wsetena":
                 enabled = value == 1
             elif point in keys:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -272,13 +273,17 @@ def sim_serve(
                 assert sc is not None  # without a scenario there is nothing to refuse
                 err.print(f"scenario {sc.name} does not fit {cfg.site.id}: {exc}")
                 raise typer.Exit(1) from None
-            control = ApiServer(control_app(injector), host=control_host, port=control_port)
+            # uvicorn exits the process on a bind failure; find out first, and say so
             try:
-                await control.start()
-            except (OSError, SystemExit) as exc:
+                with socket.create_server((control_host, control_port)):
+                    pass
+            except OSError as exc:
                 err.print(f"cannot serve fault control on {control_host}:{control_port} "
-                          f"({exc}); choose another with --control-port")
+                          f"({exc.strerror or exc}); choose another with --control-port",
+                          markup=False, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
+            control = ApiServer(control_app(injector), host=control_host, port=control_port)
+            await control.start()
             stack.push_async_callback(control.stop)
             for a in cfg.assets:
                 host, port = sp.endpoint_of(a.id)

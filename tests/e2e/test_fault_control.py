@@ -96,3 +96,15 @@ def test_fault_commands_say_when_no_plant_is_served() -> None:
     got = _vpp("faults", "--control", "http://127.0.0.1:9")
     assert got.returncode == 1
     assert "no simulated plant's fault control at http://127.0.0.1:9" in got.stderr
+
+
+def test_a_taken_control_port_is_named(tmp_path: Path) -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        got = subprocess.run([*CLI, "sim", "serve", str(_site(tmp_path)), "--control-port",
+                              str(port)], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1
+    assert f"cannot serve fault control on 127.0.0.1:{port}" in got.stderr
+    assert "choose another with --control-port" in got.stderr

@@ -119,3 +119,30 @@ async def test_a_fault_injected_at_run_time_ends_after_its_duration(
         assert keep not in inj.active and not sim.server_of("pcc").faults  # ended on exit
         assert [(e.fault_id, e.action) for e in inj.events] == [
             (fid, "start"), (fid, "end"), (keep, "start"), (keep, "end")]
+
+
+async def test_overlapping_faults_in_one_place_hand_it_back_to_the_one_still_in_force(
+        demo_config: SiteConfig) -> None:
+    from sim.modbus_server import FaultKind
+
+    cfg = _ephemeral(demo_config)
+    clock = SimClock(start=START, speed=1.0)
+    sim = SimulatedPlant(plant_spec(cfg), clock=clock, seed=2)
+    async with sim, FaultInjector(sim) as inj:
+        srv = sim.server_of("pv1")
+        silent = inj.start(FaultAction(device="pv1", kind=FaultType.OFFLINE))
+        slow = inj.start(FaultAction(device="pv1", kind=FaultType.SLOW, delay_s=3))
+        assert srv.faults[1].kind is FaultKind.SLOW  # the newest acts
+        inj.end(slow)
+        assert srv.faults[1].kind is FaultKind.SILENT  # the older one is still in force
+        inj.end(silent)
+        assert not srv.faults
+        unit = srv.units[1]
+        a = inj.start(FaultAction(device="pv1", kind=FaultType.GARBAGE,
+                                  point="active_power_w", value=1e9))
+        b = inj.start(FaultAction(device="pv1", kind=FaultType.GARBAGE,
+                                  point="active_power_w", value=-5.0))
+        inj.end(b)
+        assert unit.overrides == {"active_power_w": 1e9}
+        inj.end(a)
+        assert unit.overrides == {}

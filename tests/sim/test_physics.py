@@ -299,6 +299,10 @@ def test_a_flexible_load_follows_its_setpoint_and_is_forced_before_its_deadline(
     assert flex_load_step(st, 1e6, local_day=1, local_hour=3.0, dt_s=60, spec=FLEX) == 0.0
     assert st.mode == FlexMode.IDLE
     assert flex_load_step(st, 50e6, local_day=1, local_hour=3.0, dt_s=60, spec=FLEX) == 10e6
+    # kept from running past its deadline (offline, say): the day is missed, not done
+    late = FlexLoadState(day=1)
+    assert flex_load_step(late, None, local_day=1, local_hour=22.5, dt_s=60, spec=FLEX) == 0.0
+    assert late.mode == FlexMode.MISSED
     # a new day needs its energy again
     flex_load_step(st, 0.0, local_day=2, local_hour=0.0, dt_s=60, spec=FLEX)
     assert st.served_wh == 0.0

@@ -111,6 +111,10 @@ async def test_the_drivers_discover_and_command_it_with_a_reverting_setpoint(
             await dev.poll(PollClass.FAST)
             assert "bess1" in sim.plant.reverts
             assert sim.plant.battery_setpoint_w["bess1"] == 0.0
+            # a controller coming back writes the timer first: the lapsed 3 MW stays lapsed
+            await dev.poll(PollClass.FAST)
+            await dev.write(profile.aliases["power_setpoint_revert_s"].point, 60.0)
+            assert sim.plant.battery_setpoint_w["bess1"] == 0.0
             sim.plant.trip("bess1")
             await dev.poll(PollClass.FAST)
             assert capabilities.in_fault(dev)  # 701 InvSt FAULT

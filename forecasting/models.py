@@ -1,31 +1,49 @@
-"""Quantile forecasts of PV, wind and load with statsmodels.
+"""Point models: a median path [W] from each origin, for every series kind.
 
-Each forecaster works on a series of interval means [W] on a regular grid (default 15 min,
-UTC index, NaN where unknown). ``fit`` estimates parameters (slow, done rarely);
-``forecast`` re-runs the Kalman filter with those parameters on the recent window and
-projects forward (fast, done at every issue). Quantiles come from the model's forecast
-variance under a normal error, then are bounded physically (PV and wind to
-[0, capacity], load to ≥ 0), so they never cross.
+A point model is fitted on the steps before ``end`` and then gives, for many origins at
+once, the path of the next ``steps`` intervals (``paths``): one filter pass over the data
+and a few small matrix powers, so a rolling backtest costs about as much as one forecast.
+Uncertainty is added afterwards, from the model's own out-of-sample errors
+(``forecasting.forecaster``).
 
-Load is forecast as demand, a positive number; the controller turns it into the
-generator convention at the edge.
+``ArxModel`` is a regression with autoregressive errors, estimated in two stages: ordinary
+least squares (statsmodels OLS) for the regression on the features, then an AR(p) on its
+residual (statsmodels SARIMAX, maximum likelihood), whose Kalman filter carries the error
+through gaps and PV nights. It works on the normalised target (``SeriesData.target``):
+
+* PV: clear-sky index, regressed on the weather forecast's clear-sky index where given;
+* wind: capacity factor, regressed on the forecast wind speed through the power curve;
+* load: demand over its scale, regressed either on daily Fourier terms and a
+  non-working-day indicator (weekends and China's public holidays) with its own daily
+  shape, or on the median daily profile of its day type (working / non-working, from the
+  fit's days); with the forecast air temperature (linear and squared distance from
+  18 °C) where given.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+import statsmodels.api as sm
 from statsmodels.tools.sm_exceptions import ConvergenceWarning
 from statsmodels.tsa.statespace.sarimax import SARIMAX
 
-MIN_FIT_POINTS = 96  # one day of 15-minute points
-WINDOW_DAYS = 3  # the recent window the filter runs over at each issue
+from forecasting.series import (
+    GHI_COL,
+    PV_INDEX_MAX,
+    STEPS_PER_DAY,
+    TEMP_COL,
+    WIND_COL,
+    SeriesData,
+)
+
+FIT_DAYS = 28  # the most recent days a fit uses
+MIN_FIT_POINTS = STEPS_PER_DAY  # finite target points a fit needs
 
 
 @dataclass(frozen=True)
@@ -38,6 +56,7 @@ class Forecast:
     model: str
     index: pd.DatetimeIndex
     quantiles: dict[float, np.ndarray]
+    horizon: str = "ultra-short"
 
     def q(self, level: float) -> np.ndarray:
         """The quantile ``level`` [W]; it must be one of the issued levels."""
@@ -52,157 +71,262 @@ class Forecast:
                             index=self.index)
 
 
-def _ar_params(y: np.ndarray, order: tuple[int, int, int], trend: str) -> np.ndarray | None:
-    """Fit a SARIMAX on ``y`` (NaN allowed); None when there is too little data."""
-    if np.count_nonzero(np.isfinite(y)) < MIN_FIT_POINTS:
+class PointModel(Protocol):
+    name: str
+    is_baseline: bool
+
+    def fit(self, data: SeriesData, end: int) -> None:
+        """Estimate from the steps before ``end``."""
+
+    def paths(self, data: SeriesData, origins: np.ndarray, steps: int) -> np.ndarray:
+        """Median paths [W], shape (len(origins), steps); NaN where it cannot say."""
+
+
+def target_index(origins: np.ndarray, steps: int) -> np.ndarray:
+    """The step index of every (origin, lead) pair, shape (len(origins), steps)."""
+    return np.asarray(origins)[:, None] + np.arange(steps)[None, :]
+
+
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``a[idx]`` with NaN where ``idx`` falls outside ``a``."""
+    ok = (idx >= 0) & (idx < len(a))
+    out = np.full(idx.shape, np.nan)
+    out[ok] = a[idx[ok]]
+    return out
+
+
+def _to_watts(data: SeriesData, z: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Normalised paths back to W: PV zero at night, everything bounded physically."""
+    scale = _take(data.scale_w(), idx)
+    if data.kind == "pv":
+        w = np.clip(z, 0.0, PV_INDEX_MAX) * scale
+        return np.asarray(np.clip(np.nan_to_num(w, nan=0.0), 0.0, data.capacity_w))
+    if data.kind == "wind":
+        return np.asarray(np.clip(z, 0.0, 1.0) * scale)
+    return np.asarray(np.clip(z, 0.0, None) * scale)
+
+
+# -- features ---------------------------------------------------------------------------
+
+
+def _fourier_day(data: SeriesData, harmonics: int) -> list[np.ndarray]:
+    local = data.local_index()
+    frac = (local.hour * 3600 + local.minute * 60 + local.second
+            + data.step_s / 2) / 86400.0
+    cols = []
+    for k in range(1, harmonics + 1):
+        cols += [np.sin(2 * np.pi * k * frac), np.cos(2 * np.pi * k * frac)]
+    return [np.asarray(c, dtype=float) for c in cols]
+
+
+def _slots(data: SeriesData) -> np.ndarray:
+    """Each step's profile slot: its local time-of-day step, plus 96 on non-working days."""
+    local = data.local_index()
+    tod = (local.hour * 3600 + local.minute * 60) // data.step_s
+    out: np.ndarray = np.asarray(tod, dtype=int) + STEPS_PER_DAY * data.nonworking().astype(int)
+    return out
+
+
+def fit_profile(data: SeriesData, end: int) -> np.ndarray:
+    """The median target per slot (working and non-working days) before ``end``."""
+    start = max(0, end - FIT_DAYS * STEPS_PER_DAY)
+    z = pd.Series(data.target()[start:end]).groupby(_slots(data)[start:end]).median()
+    z = z.reindex(range(2 * STEPS_PER_DAY))
+    # a day type not yet seen borrows the other's shape
+    both = z.to_numpy(dtype=float).reshape(2, STEPS_PER_DAY).copy()
+    for a, b in ((0, 1), (1, 0)):
+        both[a] = np.where(np.isfinite(both[a]), both[a], both[b])
+    out = pd.Series(both.ravel()).interpolate(limit_direction="both").to_numpy(dtype=float)
+    return np.asarray(out)
+
+
+def design(data: SeriesData, features: tuple[str, ...],
+           profile: np.ndarray | None = None) -> np.ndarray:
+    """The regression matrix (steps × columns) for ``features``; NaN where an input
+    (a weather forecast) is missing."""
+    n = len(data)
+    cols: list[np.ndarray] = []
+    for f in features:
+        if f == "const":
+            cols.append(np.ones(n))
+        elif f == "nwp_csi":
+            cs = data.clear_sky_ghi_w_m2()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                k = np.where(cs > 20.0, data.exog_col(GHI_COL) / cs, np.nan)
+            cols.append(np.clip(k, 0.0, PV_INDEX_MAX))
+        elif f == "curve":
+            assert data.curve is not None, "a wind model needs the plant's power curve"
+            cols.append(data.curve.power_w(data.exog_col(WIND_COL)) / data.curve.rated_power_w)
+        elif f == "profile":
+            assert profile is not None, "the profile feature needs a fitted profile"
+            cols.append(profile[_slots(data)])
+        elif f == "day_shape":
+            cols += _fourier_day(data, 4)
+        elif f == "nonworking_shape":
+            off = data.nonworking()
+            cols.append(off)
+            cols += [off * c for c in _fourier_day(data, 2)]
+        elif f == "temperature":
+            t = data.exog_col(TEMP_COL)
+            cols += [t - 18.0, (t - 18.0) ** 2 / 10.0]
+        else:
+            raise ValueError(f"unknown feature {f!r}")
+    return np.column_stack(cols)
+
+
+# -- models -----------------------------------------------------------------------------
+
+
+@dataclass
+class ArxModel:
+    """Regression on ``features`` with AR(``order``) errors, on the normalised target."""
+
+    name: str
+    features: tuple[str, ...]
+    order: int = 1
+    is_baseline: bool = False
+    beta: np.ndarray | None = field(default=None, repr=False)
+    ar_params: np.ndarray | None = field(default=None, repr=False)
+    fill: np.ndarray | None = field(default=None, repr=False)  # training means of inputs
+    profile: np.ndarray | None = field(default=None, repr=False)
+
+    def _x(self, data: SeriesData) -> np.ndarray:
+        x = design(data, self.features, self.profile)
+        if self.fill is not None:
+            x = np.where(np.isfinite(x), x, self.fill[None, :])
+        return x
+
+    def fit(self, data: SeriesData, end: int) -> None:
+        start = max(0, end - FIT_DAYS * STEPS_PER_DAY)
+        z = data.target()[start:end]
+        if "profile" in self.features:
+            self.profile = fit_profile(data, end)
+        x = design(data, self.features, self.profile)[start:end]
+        ok = np.isfinite(z) & np.isfinite(x).all(axis=1)
+        if ok.sum() < MIN_FIT_POINTS:
+            raise ValueError(f"{self.name}: {int(ok.sum())} usable points before "
+                             f"{data.index[min(end, len(data) - 1)]}, needs {MIN_FIT_POINTS}")
+        self.fill = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
+        self.beta = np.asarray(sm.OLS(z[ok], x[ok]).fit().params)
+        r = z - self._x(data)[start:end] @ self.beta
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            res = SARIMAX(r, order=(self.order, 0, 0), trend="n").fit(disp=False, maxiter=50)
+        self.ar_params = np.asarray(res.params)
+
+    def paths(self, data: SeriesData, origins: np.ndarray, steps: int) -> np.ndarray:
+        if self.beta is None or self.ar_params is None:
+            raise RuntimeError(f"{self.name} is not fitted")
+        origins = np.asarray(origins, dtype=int)
+        mu = self._x(data) @ self.beta
+        r = data.target() - mu
+        # filter from a few days before the first origin (the AR error forgets fast)
+        start = max(0, int(origins.min()) - 4 * STEPS_PER_DAY)
+        stop = int(origins.max())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.simplefilter("ignore", UserWarning)
+            res = SARIMAX(r[start:stop], order=(self.order, 0, 0), trend="n").filter(
+                self.ar_params)
+        fr = res.filter_results
+        trans = np.asarray(fr.transition[:, :, 0])
+        zrow = np.asarray(fr.design[0, :, 0])
+        # the state given everything before the origin; an origin at the start: unconditional
+        states = np.zeros((len(origins), trans.shape[0]))
+        has = origins - 1 - start >= 0
+        states[has] = np.asarray(fr.filtered_state)[:, origins[has] - 1 - start].T
+        idx = target_index(origins, steps)
+        z = _take(mu, idx)
+        power = np.eye(trans.shape[0])
+        for h in range(steps):
+            power = trans @ power
+            z[:, h] += states @ (zrow @ power)
+        return _to_watts(data, z, idx)
+
+
+def _last_finite(a: np.ndarray) -> np.ndarray:
+    """For each step, the last finite value up to and including it (NaN before any)."""
+    idx = np.where(np.isfinite(a), np.arange(len(a)), -1)
+    np.maximum.accumulate(idx, out=idx)
+    out = np.where(idx >= 0, a[np.maximum(idx, 0)], np.nan)
+    return np.asarray(out, dtype=float)
+
+
+@dataclass
+class Persistence:
+    """The last measured value, held."""
+
+    name: str = "persistence"
+    is_baseline: bool = True
+
+    def fit(self, data: SeriesData, end: int) -> None:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        res = SARIMAX(y, order=order, trend=trend).fit(disp=False)
-    return np.asarray(res.params)
 
-
-def _ar_forecast(y: np.ndarray, params: np.ndarray, order: tuple[int, int, int], trend: str,
-                 steps: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard error of a ``steps``-ahead forecast with fixed parameters."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        res = SARIMAX(y, order=order, trend=trend).filter(params)
-        pred = res.get_forecast(steps)
-    return np.asarray(pred.predicted_mean), np.asarray(pred.se_mean)
-
-
-def _future_index(history: pd.Series, issued_at: datetime, steps: int,
-                  step_s: int) -> pd.DatetimeIndex:
-    start = pd.Timestamp(issued_at).floor(f"{step_s}s")
-    return pd.date_range(start, periods=steps, freq=f"{step_s}s")
-
-
-def _window(history: pd.Series, issued_at: datetime, step_s: int) -> pd.Series:
-    """The recent window up to the issue time, on a complete regular grid."""
-    end = pd.Timestamp(issued_at).floor(f"{step_s}s")
-    start = end - pd.Timedelta(days=WINDOW_DAYS)
-    grid = pd.date_range(start, end, freq=f"{step_s}s", inclusive="left")
-    return history.reindex(grid)
+    def paths(self, data: SeriesData, origins: np.ndarray, steps: int) -> np.ndarray:
+        last = _take(_last_finite(data.y_w), np.asarray(origins) - 1)
+        out = np.repeat(last[:, None], steps, axis=1)
+        if data.kind == "pv":
+            idx = target_index(np.asarray(origins), steps)
+            out = np.where(_take(data.daylight().astype(float), idx) > 0, out, 0.0)
+        return np.asarray(np.clip(out, 0.0, data.capacity_w if data.kind != "load" else None))
 
 
 @dataclass
-class PvForecaster:
-    """PV on the clear-sky index: AR(1) with a mean on P / P_clear-sky, zero at night."""
+class SmartPersistence:
+    """PV: the last daylight clear-sky index, held, times the clear-sky power."""
 
-    series: str
-    rated_power_w: float
-    clear_sky_w: Callable[[pd.DatetimeIndex], np.ndarray]
-    step_s: int = 900
-    order: tuple[int, int, int] = (1, 0, 0)
-    params: np.ndarray | None = field(default=None, repr=False)
+    name: str = "smart-persistence"
+    is_baseline: bool = True
 
-    kind = "pv"
+    def fit(self, data: SeriesData, end: int) -> None:
+        return None
 
-    def _index_k(self, s: pd.Series) -> np.ndarray:
-        cs = self.clear_sky_w(pd.DatetimeIndex(s.index))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            k = np.asarray(s.to_numpy(dtype=float)) / cs
-        k[cs < 0.05 * self.rated_power_w] = np.nan
-        return np.asarray(np.clip(k, 0.0, 1.3), dtype=float)
-
-    def fit(self, history: pd.Series) -> None:
-        self.params = _ar_params(self._index_k(history), self.order, "c")
-
-    def forecast(self, history: pd.Series, issued_at: datetime, steps: int,
-                 quantiles: tuple[float, ...]) -> Forecast:
-        idx = _future_index(history, issued_at, steps, self.step_s)
-        cs = self.clear_sky_w(idx)
-        if self.params is None:
-            model, mean, se = "clear-sky-climatology", np.full(steps, 0.75), np.full(steps, 0.25)
-        else:
-            model = "sarimax-clear-sky-index"
-            k = self._index_k(_window(history, issued_at, self.step_s))
-            mean, se = _ar_forecast(k, self.params, self.order, "c", steps)
-        qs = {q: np.clip(np.clip(mean + norm.ppf(q) * se, 0.0, 1.2) * cs, 0.0, self.rated_power_w)
-              for q in quantiles}
-        return Forecast(self.series, self.kind, issued_at, model, idx, qs)
+    def paths(self, data: SeriesData, origins: np.ndarray, steps: int) -> np.ndarray:
+        k = _take(_last_finite(data.target()), np.asarray(origins) - 1)
+        idx = target_index(np.asarray(origins), steps)
+        return _to_watts(data, np.repeat(k[:, None], steps, axis=1), idx)
 
 
 @dataclass
-class WindForecaster:
-    """Wind on the capacity factor: AR(2) with a mean, bounded to [0, rated]."""
+class SeasonalNaive:
+    """The value at the same time one season earlier (the latest such value known)."""
 
-    series: str
-    rated_power_w: float
-    step_s: int = 900
-    order: tuple[int, int, int] = (2, 0, 0)
-    params: np.ndarray | None = field(default=None, repr=False)
+    period_steps: int
+    name: str = "seasonal-naive-day"
+    is_baseline: bool = True
 
-    kind = "wind"
+    def fit(self, data: SeriesData, end: int) -> None:
+        return None
 
-    def fit(self, history: pd.Series) -> None:
-        self.params = _ar_params(history.to_numpy(dtype=float) / self.rated_power_w,
-                                 self.order, "c")
-
-    def forecast(self, history: pd.Series, issued_at: datetime, steps: int,
-                 quantiles: tuple[float, ...]) -> Forecast:
-        idx = _future_index(history, issued_at, steps, self.step_s)
-        y = _window(history, issued_at, self.step_s).to_numpy(dtype=float) / self.rated_power_w
-        if self.params is None:
-            last = y[np.isfinite(y)][-1:] if np.isfinite(y).any() else np.array([0.3])
-            model, mean, se = "persistence", np.full(steps, float(last[0])), np.full(steps, 0.2)
-        else:
-            model = "sarimax-capacity-factor"
-            mean, se = _ar_forecast(y, self.params, self.order, "c", steps)
-        qs = {q: np.clip(mean + norm.ppf(q) * se, 0.0, 1.0) * self.rated_power_w
-              for q in quantiles}
-        return Forecast(self.series, self.kind, issued_at, model, idx, qs)
+    def paths(self, data: SeriesData, origins: np.ndarray, steps: int) -> np.ndarray:
+        lead = np.arange(1, steps + 1)
+        lag = self.period_steps * np.ceil(lead / self.period_steps).astype(int)
+        idx = target_index(np.asarray(origins), steps)
+        return _take(data.y_w, idx - lag[None, :])
 
 
-@dataclass
-class LoadForecaster:
-    """Load demand: a time-of-day profile (median of past days) plus an AR(1) residual."""
-
-    series: str
-    step_s: int = 900
-    order: tuple[int, int, int] = (1, 0, 0)
-    params: np.ndarray | None = field(default=None, repr=False)
-    profile: pd.Series | None = field(default=None, repr=False)
-
-    kind = "load"
-
-    def _slots(self, index: pd.DatetimeIndex) -> np.ndarray:
-        return np.asarray((index.hour * 3600 + index.minute * 60 + index.second) // self.step_s)
-
-    def _residual(self, s: pd.Series) -> np.ndarray:
-        assert self.profile is not None
-        prof = self.profile.reindex(self._slots(pd.DatetimeIndex(s.index))).to_numpy(dtype=float)
-        return np.asarray(s.to_numpy(dtype=float) - prof)
-
-    def fit(self, history: pd.Series) -> None:
-        h = history.dropna()
-        if len(h) < MIN_FIT_POINTS:
-            self.profile, self.params = None, None
-            return
-        self.profile = h.groupby(self._slots(pd.DatetimeIndex(h.index))).median()
-        self.profile = self.profile.reindex(range(86400 // self.step_s)).interpolate(
-            limit_direction="both")
-        self.params = _ar_params(self._residual(history), self.order, "n")
-
-    def forecast(self, history: pd.Series, issued_at: datetime, steps: int,
-                 quantiles: tuple[float, ...]) -> Forecast:
-        idx = _future_index(history, issued_at, steps, self.step_s)
-        window = _window(history, issued_at, self.step_s)
-        if self.profile is None or self.params is None:
-            y = window.to_numpy(dtype=float)
-            last = float(y[np.isfinite(y)][-1]) if np.isfinite(y).any() else 0.0
-            model, base = "persistence", np.full(steps, last)
-            mean, se = np.zeros(steps), np.full(steps, 0.1 * abs(last))
-        else:
-            model = "profile+sarimax-residual"
-            base = self.profile.reindex(self._slots(idx)).to_numpy(dtype=float)
-            mean, se = _ar_forecast(self._residual(window), self.params, self.order, "n", steps)
-        qs = {q: np.clip(base + mean + norm.ppf(q) * se, 0.0, None) for q in quantiles}
-        return Forecast(self.series, self.kind, issued_at, model, idx, qs)
-
-
-Forecaster = PvForecaster | WindForecaster | LoadForecaster
+def candidates(data: SeriesData) -> list[PointModel]:
+    """The models a series is chosen from, baselines included, for what its data has."""
+    out: list[PointModel] = []
+    if data.kind == "pv":
+        out.append(ArxModel("sarimax-clear-sky-index", ("const",), 1))
+        if data.has(GHI_COL):
+            out.append(ArxModel("sarimax-clear-sky-index-nwp", ("const", "nwp_csi"), 1))
+        out += [Persistence(), SmartPersistence(), SeasonalNaive(STEPS_PER_DAY)]
+    elif data.kind == "wind":
+        out.append(ArxModel("sarimax-capacity-factor", ("const",), 2))
+        if data.has(WIND_COL) and data.curve is not None:
+            out.append(ArxModel("sarimax-power-curve-nwp", ("const", "curve"), 2))
+        out += [Persistence(), SeasonalNaive(STEPS_PER_DAY)]
+    else:
+        feats: tuple[str, ...] = ("const", "day_shape", "nonworking_shape")
+        out.append(ArxModel("sarimax-fourier-daytype", feats, 1))
+        out.append(ArxModel("sarimax-daytype-profile", ("const", "profile"), 1))
+        if data.has(TEMP_COL):
+            out.append(ArxModel("sarimax-daytype-profile-temp",
+                                ("const", "profile", "temperature"), 1))
+        out += [Persistence(), SeasonalNaive(STEPS_PER_DAY),
+                SeasonalNaive(7 * STEPS_PER_DAY, name="seasonal-naive-week")]
+    return out

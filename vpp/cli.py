@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import socket
@@ -23,6 +24,8 @@ app = typer.Typer(help="County VPP controller: peak-free feed-in under an export
                   no_args_is_help=True, add_completion=False)
 sim_app = typer.Typer(help="The simulated plant (hardware-in-the-loop).", no_args_is_help=True)
 app.add_typer(sim_app, name="sim")
+forecast_app = typer.Typer(help="Forecast backtests and data.", no_args_is_help=True)
+app.add_typer(forecast_app, name="forecast")
 console = Console()
 err = Console(stderr=True)
 CONTROL_PORT = 8091  # vpp sim serve's fault control
@@ -489,6 +492,170 @@ def sim_scenarios() -> None:
         sc = load_scenario(name)
         console.print(f"[bold]{name}[/]: {sc.description} ({sc.duration_h:g} h from "
                       f"{sc.start.isoformat()})", highlight=False)
+
+
+@forecast_app.command("backtest")
+def forecast_backtest(
+    data: Annotated[Path, typer.Option(help="CSV or Parquet: a timestamp column (ISO 8601), "
+                                       "a power column [W], optional weather columns")],
+    kind: Annotated[str, typer.Option(help="pv, wind or load")],
+    capacity_w: Annotated[float, typer.Option(help="installed capacity [W] (load: its peak)")],
+    horizon: Annotated[str, typer.Option(help="ultra-short (0-4 h, every 15 min) or short "
+                                         "(72 h, daily)")],
+    report: Annotated[Path, typer.Option(help="directory for metrics.json and the plot")],
+    exog: Annotated[str | None, typer.Option(
+        help="weather-forecast columns to use, comma-separated, or 'none' (default: every "
+             "known one present: ghi_w_m2, wind_speed_m_s, temp_air_c)")] = None,
+    tz: Annotated[str | None, typer.Option(help="site timezone; naive stamps are read in it "
+                                           "(default: the site configuration's)")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="site configuration for the location (default: the demo "
+        "county)")] = None,
+    latitude: Annotated[float | None, typer.Option(help="site latitude [deg]")] = None,
+    longitude: Annotated[float | None, typer.Option(help="site longitude [deg]")] = None,
+    altitude_m: Annotated[float | None, typer.Option(help="site altitude [m]")] = None,
+    tilt_deg: Annotated[float | None, typer.Option(help="PV tilt [deg] (default: latitude)")]
+        = None,
+    azimuth_deg: Annotated[float, typer.Option(help="PV azimuth [deg], 180 = south")] = 180.0,
+    time_col: Annotated[str, typer.Option(help="timestamp column")] = "timestamp",
+    power_col: Annotated[str, typer.Option(help="power column [W]")] = "power_w",
+    scorer: Annotated[str, typer.Option(help="daily accuracy rule: north-china or "
+                                        "southern-grid")] = "north-china",
+    issue_time: Annotated[str, typer.Option(help="short-term issue time, site-local HH:MM")]
+        = "08:00",
+    min_train_days: Annotated[float, typer.Option(help="days of history before the first "
+                                                  "test day")] = 7.0,
+    calibration_days: Annotated[float, typer.Option(help="days whose errors set the "
+                                                    "quantiles and choose the model")] = 7.0,
+    max_days: Annotated[int | None, typer.Option(help="test only the last N days")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Rolling-origin backtest of one series: every candidate model and baseline, graded
+    as the grid grades them; writes metrics.json and backtest.png."""
+    _logging(verbose)
+    from datetime import time as dtime
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.table import Table
+
+    from forecasting import HORIZON_STEPS, SCORERS, DataError, Site, backtest, load_series
+    from forecasting.backtest import SELECTED
+    from forecasting.series import KINDS
+    from vpp.forecastplots import write_backtest_plot
+    from vpp.jsonutil import jsonable
+
+    def bad(option: str, value: object, allowed: str) -> typer.Exit:
+        err.print(f"{option} {value!r} is not allowed: {allowed}", highlight=False)
+        return typer.Exit(2)
+
+    if kind not in KINDS:
+        raise bad("--kind", kind, f"use one of {', '.join(KINDS)}")
+    if horizon not in HORIZON_STEPS:
+        raise bad("--horizon", horizon, f"use one of {', '.join(HORIZON_STEPS)}")
+    if scorer not in SCORERS:
+        raise bad("--scorer", scorer, f"use one of {', '.join(SCORERS)}")
+    if not capacity_w > 0:
+        raise bad("--capacity-w", capacity_w, "a capacity > 0 W")
+    try:
+        hh, mm = (int(x) for x in issue_time.split(":"))
+        at = dtime(hh, mm)
+    except ValueError:
+        raise bad("--issue-time", issue_time, "HH:MM, e.g. 08:00") from None
+    cfg = _load(config or default_demo_config())
+    site = Site(latitude=cfg.site.latitude if latitude is None else latitude,
+                longitude=cfg.site.longitude if longitude is None else longitude,
+                altitude_m=cfg.site.altitude_m if altitude_m is None else altitude_m,
+                tz=tz or cfg.site.timezone)
+    try:
+        from zoneinfo import ZoneInfo
+        ZoneInfo(site.tz)
+    except (KeyError, ValueError):
+        raise bad("--tz", site.tz, "an IANA timezone, e.g. Asia/Shanghai") from None
+    cols = None if exog is None else (() if exog.strip().lower() == "none" else
+                                      tuple(c.strip() for c in exog.split(",") if c.strip()))
+    try:
+        series, rep = load_series(data, kind=kind, capacity_w=capacity_w,  # type: ignore[arg-type]
+                                  site=site, time_col=time_col, power_col=power_col, exog=cols,
+                                  tilt_deg=tilt_deg, azimuth_deg=azimuth_deg)
+    except DataError as exc:
+        err.print(f"[bold red]cannot use the data:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print("[bold]data[/]")
+    for line in rep.lines():
+        console.print(f"  {line}", highlight=False)
+    try:
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("{task.fields[day]}"), TimeElapsedColumn(),
+                      TimeRemainingColumn(), console=console) as bar:
+            task = bar.add_task(f"backtest {horizon}", total=None, day="")
+
+            def tick(done: int, total: int, day: object) -> None:
+                bar.update(task, completed=done, total=total, day=str(day))
+            res = backtest(series, horizon=horizon, scorer=scorer, issue_time=at,
+                           min_train_days=min_train_days, calibration_days=calibration_days,
+                           max_days=max_days, progress=tick)
+    except ValueError as exc:
+        err.print(f"[bold red]cannot backtest:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    report.mkdir(parents=True, exist_ok=True)
+    out = res.to_json() | {"data": rep.to_json(), "command": " ".join(sys.argv[1:])}
+    (report / "metrics.json").write_text(
+        json.dumps(jsonable(out), indent=2, allow_nan=False) + "\n")
+    png = write_backtest_plot(res, report / "backtest.png", site.tz)
+    table = Table(title=f"{series.name} {horizon} ({res.scorer}; capacity "
+                  f"{capacity_w / 1e6:g} MW)")
+    for c in ("model", "acc.", "4th h" if horizon == "ultra-short" else "days", "nRMSE",
+              "pinball", "cover", "skill"):
+        table.add_column(c, justify="left" if c == "model" else "right",
+                         no_wrap=c == "model")
+    ranked = sorted(res.metrics.items(), key=lambda kv: -kv[1].get("accuracy", -1.0))
+    for name, m in ranked:
+        if not m.get("points"):
+            continue
+        worst = min(m.get("skill", {}).values(), default=None)  # against the best baseline
+        third = f"{m['accuracy_lead_4h']:.1%}" if horizon == "ultra-short" else str(m["days"])
+        table.add_row(f"[bold]{name}[/]" if name == SELECTED else name, f"{m['accuracy']:.1%}",
+                      third, f"{m['nrmse']:.3f}", f"{m['pinball_mean']:.4f}",
+                      f"{m['coverage']['observed']:.0%}",
+                      "" if worst is None else f"{worst:+.2f}")
+    console.print(table)
+    console.print("acc.: mean daily accuracy; pinball: mean over the quantiles, over capacity; "
+                  "cover: share inside the outer quantiles; skill: 1 - RMSE / RMSE of the "
+                  "best other baseline", style="dim")
+    chosen = sorted(set(res.choices.values()))
+    console.print(f"chosen per day: {', '.join(chosen)}", highlight=False)
+    console.print(f"metrics and plot written to {report} ({png.name})")
+
+
+@forecast_app.command("sim-data")
+def forecast_sim_data(
+    out: Annotated[Path, typer.Option(help="directory for one CSV per series")],
+    days: Annotated[int, typer.Option(min=3, max=366, help="days of 15-minute data")] = 28,
+    start: Annotated[str, typer.Option(help="first day, ISO date (UTC midnight)")]
+        = "2026-03-01",
+    seed: Annotated[int, typer.Option(help="weather seed")] = 7,
+    config: Annotated[Path | None, typer.Option("--config", "-c",
+                                                help="site configuration")] = None,
+) -> None:
+    """Write the simulated site's PV, wind and load series with the day-ahead weather
+    forecast, for backtests."""
+    from vpp.forecastdata import simulated_series, write_series
+    cfg = _load(config or default_demo_config())
+    try:
+        t0 = datetime.fromisoformat(start).replace(tzinfo=UTC)
+    except ValueError:
+        err.print(f"--start {start!r} is not allowed: an ISO date, e.g. 2026-03-01")
+        raise typer.Exit(2) from None
+    paths = write_series(simulated_series(cfg, start=t0, days=days, seed=seed), out)
+    for p in paths:
+        console.print(f"wrote {p}", highlight=False)
 
 
 if __name__ == "__main__":

@@ -179,11 +179,14 @@ Generator = PvAsset | WindAsset
 
 class ForecastingSection(_Frozen):
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
-    step_s: int = Field(default=900, ge=60, le=3600)
-    horizon_h: float = Field(default=12.0, gt=0, le=72)
-    issue_interval_s: float = Field(default=900.0, gt=0)
+    step_s: Literal[900] = 900  # the grid's 15-minute forecast step
+    short_term_horizon_h: float = Field(default=72.0, ge=4, le=72)
+    short_term_issue_time: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
+                                       description="site-local HH:MM")
+    issue_interval_s: float = Field(default=900.0, gt=0, description="ultra-short re-issue")
     refit_interval_s: float = Field(default=6 * 3600.0, gt=0)
-    history_days: int = Field(default=7, ge=1, le=365)
+    calibration_days: float = Field(default=7.0, ge=1, le=60)
+    history_days: int = Field(default=7, ge=2, le=365)
 
     @field_validator("quantiles")
     @classmethod
@@ -350,7 +353,7 @@ class SiteConfig(_Frozen):
             if prof.kind != a.kind:
                 raise ValueError(f"asset {a.id} is a {a.kind} but profile {a.profile} is for "
                                  f"a {prof.kind}")
-            need, what = REQUIRED_CAPABILITIES[a.kind], a.kind
+            need, what = REQUIRED_CAPABILITIES[a.kind], str(a.kind)
             if isinstance(a, LoadAsset) and a.flexible is not None:
                 need, what = need | {Capability.ACCEPTS_POWER_SETPOINT}, "flexible load"
             lacking = need - prof.capabilities
@@ -365,9 +368,9 @@ class SiteConfig(_Frozen):
         if d.step_s != fc.step_s:
             raise ValueError(f"dispatch.step_s ({d.step_s}) must equal forecasting.step_s "
                              f"({fc.step_s}): the plan steps on the forecast's grid")
-        if d.horizon_h > fc.horizon_h:
+        if d.horizon_h > fc.short_term_horizon_h:
             raise ValueError(f"dispatch.horizon_h ({d.horizon_h}) must not exceed "
-                             f"forecasting.horizon_h ({fc.horizon_h})")
+                             f"forecasting.short_term_horizon_h ({fc.short_term_horizon_h})")
         if not d.load_quantile < 0.5 < d.generation_quantile:
             raise ValueError(f"the cap needs a high generation and a low load quantile: "
                              f"dispatch.load_quantile ({d.load_quantile}) < 0.5 < "

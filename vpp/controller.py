@@ -41,15 +41,7 @@ from drivers import (
     sunspec,
 )
 from drivers.poller import cancel_and_wait
-from forecasting import (
-    Forecast,
-    LoadForecaster,
-    PvForecaster,
-    PvPlantGeometry,
-    WindForecaster,
-    clear_sky_power_w,
-    interval_clear_sky_power_w,
-)
+from forecasting import Forecast, clear_sky_power_w
 from vpp.config import (
     REQUIRED_CAPABILITIES,
     SUNSPEC,
@@ -69,6 +61,7 @@ from vpp.dispatch import (
     Weights,
 )
 from vpp.enforce import BatteryNow, Command, EnforceParams, GeneratorNow, enforce
+from vpp.forecasts import HORIZON_STEPS, SHORT, ULTRA_SHORT, SiteForecasts
 from vpp.history import IntervalHistory
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
@@ -90,11 +83,6 @@ class Clock(Protocol):
 
     def now(self) -> datetime: ...
     async def sleep_until(self, t: datetime) -> None: ...
-
-
-def _interval_clear_sky(idx: pd.DatetimeIndex, *, step_s: int,
-                        plant: PvPlantGeometry) -> np.ndarray:
-    return interval_clear_sky_power_w(idx, step_s, plant)
 
 
 def _floor(t: datetime, step_s: float) -> datetime:
@@ -157,19 +145,9 @@ class Controller:
         self.loads: list[LoadAsset] = config.of_kind("load")
         fc = config.forecasting
         self.history = IntervalHistory(step_s=fc.step_s, max_intervals=(fc.history_days + 1) * 96)
-        self._geo = {p.id: PvPlantGeometry(
-            latitude=config.site.latitude, longitude=config.site.longitude,
-            altitude_m=config.site.altitude_m, tilt_deg=p.tilt_deg, azimuth_deg=p.azimuth_deg,
-            dc_power_w=p.dc_power_w, rated_power_w=p.rated_power_w) for p in self.pv}
-        self.forecasters: dict[str, Any] = {}
-        for p in self.pv:
-            self.forecasters[p.id] = PvForecaster(
-                p.id, p.rated_power_w, step_s=fc.step_s,
-                clear_sky_w=partial(_interval_clear_sky, step_s=fc.step_s, plant=self._geo[p.id]))
-        for w in self.wind:
-            self.forecasters[w.id] = WindForecaster(w.id, w.rated_power_w, step_s=fc.step_s)
-        if self.loads:
-            self.forecasters["load"] = LoadForecaster("load", step_s=fc.step_s)
+        self.site_forecasts = SiteForecasts(config)
+        self.forecasters = self.site_forecasts.forecasters
+        self._geo = self.site_forecasts.geometry
         d = config.dispatch
         self.steps = round(d.horizon_h * 3600 / d.step_s)
         self.dispatcher = Dispatcher(
@@ -192,6 +170,7 @@ class Controller:
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="vpp-compute")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="vpp-storage")
         self._next_forecast: datetime | None = None
+        self._last_short_term: datetime | None = None
         self._caps: list[tuple[datetime, float]] = []  # grid instructions: (effective, cap)
         self._replan = asyncio.Event()  # set: plan now, not at the next interval
         self._beat_withheld = False
@@ -729,43 +708,48 @@ class Controller:
                 timedelta(seconds=self.config.forecasting.issue_interval_s)
         await self.solve(now)
 
-    def _forecast_all(self, now: datetime, fit: bool, history: dict[str, pd.Series]
-                      ) -> tuple[dict[str, Forecast], dict[str, pd.Series]]:
+    def _forecast_all(self, now: datetime, fit: bool, short_term: bool,
+                      history: dict[str, pd.Series]
+                      ) -> tuple[list[Forecast], dict[str, Forecast], dict[str, pd.Series]]:
         """Runs in the compute executor, on copies of the history made on the loop."""
-        fc = self.config.forecasting
-        steps = round(fc.horizon_h * 3600 / fc.step_s)
-        out = {}
-        for name, f in self.forecasters.items():
-            hist = history[name]
-            if fit or f.params is None:
-                f.fit(hist)
-            out[name] = f.forecast(hist, now, steps, fc.quantiles)
+        fc, sf = self.config.forecasting, self.site_forecasts
+        if fit:
+            sf.fit(history, now)
+        issued = list(sf.issue(history, now, ULTRA_SHORT, HORIZON_STEPS[ULTRA_SHORT]).values())
+        if short_term:
+            steps = round(fc.short_term_horizon_h * 3600 / fc.step_s)
+            issued += list(sf.issue(history, now, SHORT, steps).values())
         env = {}
         t0 = pd.Timestamp(now).floor("1min")
-        idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.horizon_h), freq="1min")
+        idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.short_term_horizon_h), freq="1min")
         for pid, geo in self._geo.items():
             env[pid] = pd.Series(clear_sky_power_w(idx, geo), index=idx)
-        return out, env
+        return issued, sf.combined(), env
 
     async def issue_forecasts(self, now: datetime) -> None:
         fit = self._next_fit is None or now >= self._next_fit
         if fit:
             self._next_fit = now + timedelta(seconds=self.config.forecasting.refit_interval_s)
+        short_term = self.site_forecasts.short_term_due(self._last_short_term, now)
+        if short_term:
+            self._last_short_term = now
         loop = asyncio.get_running_loop()
         history = {name: self.history.series(name) for name in self.forecasters}
-        fcs, env = await loop.run_in_executor(self._compute, self._forecast_all, now, fit,
-                                              history)
-        self.state.forecasts = fcs
+        issued, combined, env = await loop.run_in_executor(
+            self._compute, self._forecast_all, now, fit, short_term, history)
+        self.state.forecasts = combined
         self._envelope = env
-        for name, f in fcs.items():
+        for f in issued:
+            name = f.series
             if self.metrics is not None and name in self.metrics.issues:
                 self.metrics.issues[name].inc()
             if self.storage is not None:
                 self._store(self.storage.write_forecast, f)
             if self.mqtt is not None:
-                self.mqtt.publish(f"forecast/{name}", {
-                    "issued_at": f.issued_at, "series": name, "model": f.model,
-                    "step_s": self.config.forecasting.step_s, "start": f.index[0],
+                self.mqtt.publish(f"forecast/{name}/{f.horizon}", {
+                    "issued_at": f.issued_at, "series": name, "horizon": f.horizon,
+                    "model": f.model, "step_s": self.config.forecasting.step_s,
+                    "start": f.index[0],
                     "quantiles_w": {f"p{round(q * 100):02d}": v for q, v in f.quantiles.items()}},
                     qos=1, retain=True)
 

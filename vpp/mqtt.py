@@ -1,7 +1,7 @@
 """MQTT bridge (aiomqtt): JSON under ``{prefix}/{site}/…`` through a bounded buffer.
 
 Topics (see docs/mqtt.md): ``status`` (retained, QoS 1, last will "offline"),
-``telemetry/{asset}`` (QoS 0), ``pcc`` (QoS 0), ``forecast/{series}`` (retained, QoS 1),
+``telemetry/{asset}`` (QoS 0), ``pcc`` (QoS 0), ``forecast/{series}/{horizon}`` (retained, QoS 1),
 ``schedule`` (retained, QoS 1). Every payload carries ``schema`` (its version) and
 unit-suffixed keys.
 

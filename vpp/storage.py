@@ -38,10 +38,14 @@ interval_means = sa.Table(
     sa.Column("value_w", sa.Float, nullable=False),
 )
 
+# every issued forecast (a vintage): series, horizon, issue time, model and quantiles.
+# (Named anew when the horizon was added: a database of an older version keeps its
+# ``forecasts`` table untouched.)
 forecasts = sa.Table(
-    "forecasts", metadata,
+    "forecast_vintages", metadata,
     sa.Column("issued_at", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("series", sa.String(64), primary_key=True),
+    sa.Column("horizon", sa.String(16), primary_key=True),
     sa.Column("target_ts", sa.DateTime(timezone=True), primary_key=True),
     sa.Column("quantile", sa.Float, primary_key=True),
     sa.Column("model", sa.String(64), nullable=False),
@@ -115,25 +119,28 @@ class Storage:
         return pd.Series([r[1] for r in rows], index=idx, dtype=float)
 
     def write_forecast(self, fc: Forecast) -> None:
-        rows = [{"issued_at": fc.issued_at, "series": fc.series, "target_ts": ts.to_pydatetime(),
+        rows = [{"issued_at": fc.issued_at, "series": fc.series, "horizon": fc.horizon,
+                 "target_ts": ts.to_pydatetime(),
                  "quantile": q, "model": fc.model, "value_w": float(v)}
                 for q, arr in fc.quantiles.items() for ts, v in zip(fc.index, arr, strict=True)]
         with self.engine.begin() as c:
             c.execute(forecasts.insert(), rows)
 
-    def read_forecast(self, series: str, issued_at_or_before: datetime) -> pd.DataFrame:
-        """The vintage in force at a time: the last forecast issued at or before it."""
+    def read_forecast(self, series: str, issued_at_or_before: datetime,
+                      horizon: str = "ultra-short") -> pd.DataFrame:
+        """The vintage in force at a time ("as issued at T"): the last forecast of
+        ``horizon`` issued at or before it; columns are the quantile levels [W]."""
+        which = (forecasts.c.series == series) & (forecasts.c.horizon == horizon)
         with self.engine.connect() as c:
             issued = c.execute(
                 sa.select(sa.func.max(forecasts.c.issued_at)).where(
-                    (forecasts.c.series == series)
-                    & (forecasts.c.issued_at <= issued_at_or_before))).scalar()
+                    which & (forecasts.c.issued_at <= issued_at_or_before))).scalar()
             if issued is None:
                 return pd.DataFrame()
             rows = c.execute(
                 sa.select(forecasts.c.target_ts, forecasts.c.quantile, forecasts.c.value_w,
                           forecasts.c.model)
-                .where((forecasts.c.series == series) & (forecasts.c.issued_at == issued))
+                .where(which & (forecasts.c.issued_at == issued))
             ).all()
         df = pd.DataFrame(rows, columns=["target_ts", "quantile", "value_w", "model"])
         df["target_ts"] = pd.to_datetime(df["target_ts"], utc=True)

@@ -118,7 +118,9 @@ def test_every_config_key_is_documented() -> None:
 
 @pytest.mark.parametrize(("mutate", "expected"), [
     (lambda d: d["dispatch"].update(step_s=300), "dispatch.step_s (300) must equal"),
-    (lambda d: d["dispatch"].update(horizon_h=24), "dispatch.horizon_h (24.0) must not exceed"),
+    (lambda d: (d["forecasting"].update(short_term_horizon_h=12),
+                d["dispatch"].update(horizon_h=24)),
+     "dispatch.horizon_h (24.0) must not exceed"),
     (lambda d: d["dispatch"].update(load_quantile=0.9), "dispatch.load_quantile (0.9) < 0.5"),
     (lambda d: d["dispatch"].update(generation_quantile=0.95), "must include [0.05, 0.95]"),
     (lambda d: d["sim"].update(start="yesterday"), "sim.start: 'yesterday' is not allowed: not"),

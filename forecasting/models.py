@@ -30,7 +30,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from statsmodels.tools.sm_exceptions import ConvergenceWarning
+from statsmodels.tools.sm_exceptions import ConvergenceWarning, SingularMatrixWarning
 from statsmodels.tsa.statespace.sarimax import SARIMAX
 
 from forecasting.series import (
@@ -207,7 +207,11 @@ class ArxModel:
             raise ValueError(f"{self.name}: {int(ok.sum())} usable points before "
                              f"{data.index[min(end, len(data) - 1)]}, needs {MIN_FIT_POINTS}")
         self.fill = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
-        self.beta = np.asarray(sm.OLS(z[ok], x[ok]).fit().params)
+        with warnings.catch_warnings():
+            # a feature that the history does not vary (no holiday yet, a calm fortnight):
+            # OLS's pseudo-inverse gives the minimum-norm fit, which forecasts the same
+            warnings.simplefilter("ignore", SingularMatrixWarning)
+            self.beta = np.asarray(sm.OLS(z[ok], x[ok]).fit().params)
         r = z - self._x(data)[start:end] @ self.beta
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)

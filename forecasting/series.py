@@ -9,7 +9,7 @@ forecast may use ``y_w[:i]`` and the weather forecasts anywhere, and its step ``
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Literal
 
@@ -66,6 +66,7 @@ class SeriesData:
     exog: pd.DataFrame = field(default_factory=pd.DataFrame)  # weather forecasts, on index
     clear_sky_w: np.ndarray | None = None  # PV: interval-mean clear-sky power [W]
     curve: PowerCurve | None = None  # wind
+    _memo: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -121,6 +122,11 @@ class SeriesData:
     def nonworking(self) -> np.ndarray:
         """1 on weekends and China's public holidays, 0 on working days (incl. the
         adjusted working days), by the site's local date."""
+        if "nonworking" not in self._memo:
+            self._memo["nonworking"] = self._nonworking()
+        return self._memo["nonworking"]
+
+    def _nonworking(self) -> np.ndarray:
         days = self.local_index().date
         memo: dict[date, float] = {}
         for d in set(days):
@@ -131,31 +137,10 @@ class SeriesData:
         return np.array([memo[d] for d in days])
 
     def clear_sky_ghi_w_m2(self) -> np.ndarray:
-        loc = pvlib.location.Location(self.site.latitude, self.site.longitude,
-                                      altitude=self.site.altitude_m)
-        mid = self.index + pd.Timedelta(seconds=self.step_s / 2)
-        return np.asarray(loc.get_clearsky(mid, model="ineichen")["ghi"].to_numpy(dtype=float))
-
-    def extended(self, steps: int, exog: pd.DataFrame | None = None,
-                 clear_sky_w: np.ndarray | None = None) -> SeriesData:
-        """The same series with ``steps`` unknown steps appended (to forecast into)."""
-        if steps <= 0:
-            return self
-        extra = pd.date_range(self.index[-1] + pd.Timedelta(seconds=self.step_s),
-                              periods=steps, freq=f"{self.step_s}s")
-        index = self.index.append(extra)
-        ex = self.exog.reindex(index)
-        if exog is not None:
-            ex = ex.combine_first(exog.reindex(index)) if len(ex.columns) else exog.reindex(index)
-        cs = None
-        if self.clear_sky_w is not None:
-            assert clear_sky_w is not None, "a PV extension needs its clear-sky power"
-            cs = np.concatenate([self.clear_sky_w, clear_sky_w])
-        return replace(self, index=index, y_w=np.concatenate([self.y_w, np.full(steps, np.nan)]),
-                       exog=ex, clear_sky_w=cs)
-
-    def head(self, n: int) -> SeriesData:
-        """The first ``n`` steps (what was known and forecast up to there)."""
-        return replace(self, index=self.index[:n], y_w=self.y_w[:n],
-                       exog=self.exog.iloc[:n] if len(self.exog.columns) else self.exog,
-                       clear_sky_w=None if self.clear_sky_w is None else self.clear_sky_w[:n])
+        if "ghi_cs" not in self._memo:
+            loc = pvlib.location.Location(self.site.latitude, self.site.longitude,
+                                          altitude=self.site.altitude_m)
+            mid = self.index + pd.Timedelta(seconds=self.step_s / 2)
+            self._memo["ghi_cs"] = np.asarray(
+                loc.get_clearsky(mid, model="ineichen")["ghi"].to_numpy(dtype=float))
+        return self._memo["ghi_cs"]

@@ -609,8 +609,8 @@ def forecast_backtest(
     (report / "metrics.json").write_text(
         json.dumps(jsonable(out), indent=2, allow_nan=False) + "\n")
     png = write_backtest_plot(res, report / "backtest.png", site.tz)
-    table = Table(title=f"{series.name} {horizon} ({res.scorer}; capacity "
-                  f"{capacity_w / 1e6:g} MW)")
+    cap = f"{capacity_w / 1e6:g} MW" if capacity_w >= 1e6 else f"{capacity_w / 1e3:g} kW"
+    table = Table(title=f"{series.name} {horizon} ({res.scorer}; capacity {cap})")
     for c in ("model", "acc.", "4th h" if horizon == "ultra-short" else "days", "nRMSE",
               "pinball", "cover", "skill"):
         table.add_column(c, justify="left" if c == "model" else "right",
@@ -641,6 +641,10 @@ def forecast_sim_data(
     start: Annotated[str, typer.Option(help="first day, ISO date (UTC midnight)")]
         = "2026-03-01",
     seed: Annotated[int, typer.Option(help="weather seed")] = 7,
+    vintage: Annotated[str, typer.Option(
+        help="which weather forecast each step carries: day-ahead (issued 00 UTC the day "
+             "before; for short-term backtests) or intraday (the latest issue at least 4 h "
+             "before; for ultra-short backtests)")] = "day-ahead",
     config: Annotated[Path | None, typer.Option("--config", "-c",
                                                 help="site configuration")] = None,
 ) -> None:
@@ -653,7 +657,12 @@ def forecast_sim_data(
     except ValueError:
         err.print(f"--start {start!r} is not allowed: an ISO date, e.g. 2026-03-01")
         raise typer.Exit(2) from None
-    paths = write_series(simulated_series(cfg, start=t0, days=days, seed=seed), out)
+    from vpp.forecastdata import VINTAGES
+    if vintage not in VINTAGES:
+        err.print(f"--vintage {vintage!r} is not allowed: use one of {', '.join(VINTAGES)}")
+        raise typer.Exit(2)
+    paths = write_series(simulated_series(cfg, start=t0, days=days, seed=seed,
+                                          vintage=vintage), out)
     for p in paths:
         console.print(f"wrote {p}", highlight=False)
 

@@ -186,6 +186,7 @@ class ForecastingSection(_Frozen):
     issue_interval_s: float = Field(default=900.0, gt=0, description="ultra-short re-issue")
     refit_interval_s: float = Field(default=6 * 3600.0, gt=0)
     calibration_days: float = Field(default=7.0, ge=1, le=60)
+    weather_file: str | None = Field(default=None, description="NWP forecast CSV")
     history_days: int = Field(default=7, ge=2, le=365)
 
     @field_validator("quantiles")

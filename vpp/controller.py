@@ -18,11 +18,14 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -41,7 +44,7 @@ from drivers import (
     sunspec,
 )
 from drivers.poller import cancel_and_wait
-from forecasting import Forecast, clear_sky_power_w
+from forecasting import Forecast
 from vpp.config import (
     REQUIRED_CAPABILITIES,
     SUNSPEC,
@@ -61,11 +64,12 @@ from vpp.dispatch import (
     Weights,
 )
 from vpp.enforce import BatteryNow, Command, EnforceParams, GeneratorNow, enforce
-from vpp.forecasts import HORIZON_STEPS, SHORT, ULTRA_SHORT, SiteForecasts
+from vpp.forecasts import SiteForecasts, run_forecasts, warm_up
 from vpp.history import IntervalHistory
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
 from vpp.storage import Storage
+from vpp.weather import NwpArchive
 
 log = logging.getLogger(__name__)
 # a reading beyond its asset's rating by more than this share is implausible (a device
@@ -146,6 +150,7 @@ class Controller:
         fc = config.forecasting
         self.history = IntervalHistory(step_s=fc.step_s, max_intervals=(fc.history_days + 1) * 96)
         self.site_forecasts = SiteForecasts(config)
+        self.weather = NwpArchive(keep_days=fc.history_days + 3)
         self.forecasters = self.site_forecasts.forecasters
         self._geo = self.site_forecasts.geometry
         d = config.dispatch
@@ -168,6 +173,9 @@ class Controller:
                                             soc_taper_s=config.control.soc_taper_s)
         self._envelope: dict[str, pd.Series] = {}
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="vpp-compute")
+        # forecasts run in a process of their own: fits are Python-heavy, and in a thread
+        # they would hold the interpreter the control loop needs every second
+        self._forecaster_pool: ProcessPoolExecutor | None = None
         self._io = ThreadPoolExecutor(1, thread_name_prefix="vpp-storage")
         self._next_forecast: datetime | None = None
         self._last_short_term: datetime | None = None
@@ -206,6 +214,7 @@ class Controller:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
+        self._forecast_pool()  # the forecast process starts while the devices are found
         await self.load_history()
         try:
             await self.discover()
@@ -398,6 +407,13 @@ class Controller:
                         verify=False)
             for aid, d in self.devices.items() if d.profile.heartbeat is not None))
 
+    def _forecast_pool(self) -> ProcessPoolExecutor:
+        if self._forecaster_pool is None:
+            self._forecaster_pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"))
+            self._forecaster_pool.submit(warm_up)
+        return self._forecaster_pool
+
     async def close(self) -> None:
         await cancel_and_wait(list(self._inflight.values()))
         for c in self.connections.values():
@@ -406,6 +422,13 @@ class Controller:
         # a running fit or solve is not waited for; queued storage writes still finish
         await loop.run_in_executor(None, partial(self._compute.shutdown, wait=False,
                                                  cancel_futures=True))
+        if self._forecaster_pool is not None:
+            # a round in progress is pure computation: stopped, not waited for (its CPU
+            # belongs to whatever runs next on this machine)
+            workers = list(getattr(self._forecaster_pool, "_processes", {}).values())
+            self._forecaster_pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers:
+                proc.terminate()
         await loop.run_in_executor(None, self._io.shutdown, True)
 
     def _store(self, fn: Any, *args: Any) -> None:
@@ -708,24 +731,6 @@ class Controller:
                 timedelta(seconds=self.config.forecasting.issue_interval_s)
         await self.solve(now)
 
-    def _forecast_all(self, now: datetime, fit: bool, short_term: bool,
-                      history: dict[str, pd.Series]
-                      ) -> tuple[list[Forecast], dict[str, Forecast], dict[str, pd.Series]]:
-        """Runs in the compute executor, on copies of the history made on the loop."""
-        fc, sf = self.config.forecasting, self.site_forecasts
-        if fit:
-            sf.fit(history, now)
-        issued = list(sf.issue(history, now, ULTRA_SHORT, HORIZON_STEPS[ULTRA_SHORT]).values())
-        if short_term:
-            steps = round(fc.short_term_horizon_h * 3600 / fc.step_s)
-            issued += list(sf.issue(history, now, SHORT, steps).values())
-        env = {}
-        t0 = pd.Timestamp(now).floor("1min")
-        idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.short_term_horizon_h), freq="1min")
-        for pid, geo in self._geo.items():
-            env[pid] = pd.Series(clear_sky_power_w(idx, geo), index=idx)
-        return issued, sf.combined(), env
-
     async def issue_forecasts(self, now: datetime) -> None:
         fit = self._next_fit is None or now >= self._next_fit
         if fit:
@@ -735,10 +740,28 @@ class Controller:
             self._last_short_term = now
         loop = asyncio.get_running_loop()
         history = {name: self.history.series(name) for name in self.forecasters}
-        issued, combined, env = await loop.run_in_executor(
-            self._compute, self._forecast_all, now, fit, short_term, history)
+        path = self.config.forecasting.weather_file
+        if path is not None:
+            await loop.run_in_executor(self._io, self.weather.poll_file, Path(path))
+        weather = self.weather.snapshot() if self.weather.issues else None
+        t_wall = time.monotonic()
+        try:
+            run = await loop.run_in_executor(self._forecast_pool(), partial(
+                run_forecasts, self.site_forecasts, now, fit=fit, short_term=short_term,
+                history=history, weather=weather))
+        except BrokenProcessPool:  # the forecast process died: a new one next round
+            log.error("the forecast process died; the last forecasts stay in force")
+            self._forecaster_pool = None
+            self._next_fit = None
+            return
+        log.info("forecasts issued at %s (%s%s) in %.2f s wall", now.isoformat(),
+                 "refit, " if fit else "", "with short-term" if short_term else "ultra-short",
+                 time.monotonic() - t_wall)
+        self.site_forecasts = run.state
+        self.forecasters = run.state.forecasters
+        issued, combined = run.issued, run.combined
         self.state.forecasts = combined
-        self._envelope = env
+        self._envelope = run.envelope
         for f in issued:
             name = f.series
             if self.metrics is not None and name in self.metrics.issues:

@@ -13,13 +13,17 @@ import contextlib
 import copy
 import json
 import logging
+import shutil
+import tempfile
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sim import SimClock, SimulatedPlant
@@ -76,9 +80,21 @@ class Demo:
         spec = plant_spec(config)
         if options.adjust_spec is not None:
             spec = options.adjust_spec(spec)
+        # the simulator publishes the site's weather forecast and the controller reads it
+        weather_dir = tempfile.mkdtemp(prefix="vpp-weather-")
+        self._cleanup = weakref.finalize(self, shutil.rmtree, weather_dir, ignore_errors=True)
+        weather_file = Path(config.forecasting.weather_file or
+                            Path(weather_dir) / "weather-forecast.csv")
+        config = config.model_copy(update={"forecasting": config.forecasting.model_copy(
+            update={"weather_file": str(weather_file)})})
         self.sim = SimulatedPlant(spec, clock=self.clock, seed=self.seed,
-                                  history_days=config.sim.history_days)
+                                  history_days=config.sim.history_days,
+                                  forecast_file=weather_file)
         self.config = config
+        self._weather_issues = self.weather_issues()
+        # that took a second of wall time: the run starts now, at the same simulated start
+        self.clock = SimClock(start=start, speed=options.speed)
+        self.sim.clock = self.clock
         self.control_interval_s = options.control_interval_s or auto_control_interval_s(
             config, options.speed)
         self.services: Services | None = None
@@ -103,6 +119,13 @@ class Demo:
             out["load"] = -frame[loads].sum(axis=1).resample(step).mean()
         return out
 
+    def weather_issues(self) -> list[pd.DataFrame]:
+        """The weather forecasts issued over the past days, as the site's archive has them."""
+        every = self.sim.forecaster.nwp.issue_every_h * 3600.0
+        t0 = self.start.timestamp()
+        first = (t0 - self.config.sim.history_days * 86400.0) // every * every
+        return [self.sim.forecaster.issue(t) for t in np.arange(first, t0 + 1, every)]
+
     async def __aenter__(self) -> Demo:
         await self.sim.__aenter__()
         ports = {a.id: self.sim.endpoint_of(a.id) for a in self.config.assets}
@@ -113,7 +136,8 @@ class Demo:
         self.services = Services(self.config, clock=self.clock,
                                  control_interval_s=self.control_interval_s,
                                  ephemeral_ports=self.options.ephemeral_ports,
-                                 data_dir=self.options.data_dir, history=self.history_frame())
+                                 data_dir=self.options.data_dir, history=self.history_frame(),
+                                 weather_issues=self._weather_issues)
         try:
             await self.services.__aenter__()
         except BaseException:
@@ -155,6 +179,7 @@ class Demo:
         if self.services is not None:
             await self.services.__aexit__(None, None, None)
         await self.sim.__aexit__(None, None, None)
+        self._cleanup()
 
     def report(self) -> dict[str, Any]:
         """The run report: the simulated meter's view of the run."""

@@ -5,15 +5,18 @@ asset, and ``load``: the site's demand), two products.
 * **short-term**: ``forecasting.short_term_horizon_h`` ahead (72 h by default), issued once
   a day at ``forecasting.short_term_issue_time`` (site-local), and at start.
 
-Models are refitted (and chosen again) every ``forecasting.refit_interval_s``. Everything
-here runs in the controller's compute executor on copies of the history; nothing touches
-the network or the disk. The plan takes the ultra-short forecast for its first 4 h and the
-short-term one after (``combined``).
+With ``forecasting.weather_file`` set, the models may use the weather forecast (as
+``vpp.weather.NwpArchive`` lines it up). Models are refitted (and chosen again) every
+``forecasting.refit_interval_s``. Everything here runs in the controller's forecast
+process (``run_forecasts``) on copies of the history; nothing touches the network or the
+disk. The plan takes the ultra-short forecast for its first 4 h and the short-term one
+after (``combined``).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -28,9 +31,11 @@ from forecasting import (
     SeriesData,
     SeriesForecaster,
     Site,
+    clear_sky_power_w,
     interval_clear_sky_power_w,
 )
 from vpp.config import LoadAsset, PvAsset, SiteConfig, WindAsset
+from vpp.weather import NwpArchive
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +79,8 @@ class SiteForecasts:
                             for n in self.kinds}
         self.issued: dict[str, dict[str, Forecast]] = {ULTRA_SHORT: {}, SHORT: {}}
 
-    def series_data(self, name: str, history: pd.Series, now: datetime, steps: int
-                    ) -> tuple[SeriesData, int]:
+    def series_data(self, name: str, history: pd.Series, now: datetime, steps: int,
+                    weather: NwpArchive | None = None) -> tuple[SeriesData, int]:
         """The series on a regular grid up to ``now`` plus ``steps`` to come, and the
         origin (the position of the first step to forecast)."""
         origin_t = pd.Timestamp(now).floor(f"{self.step_s}s")
@@ -89,24 +94,26 @@ class SiteForecasts:
         kind = self.kinds[name]
         cs = interval_clear_sky_power_w(grid, self.step_s, self.geometry[name]) \
             if kind == "pv" else None
+        exog = weather.exog(grid, now) if weather is not None else pd.DataFrame(index=grid)
         return SeriesData(name=name, kind=kind,  # type: ignore[arg-type]
                           capacity_w=self.capacity_w[name], index=grid, y_w=y, site=self.site,
-                          clear_sky_w=cs, curve=self.curves.get(name)), origin
+                          exog=exog, clear_sky_w=cs, curve=self.curves.get(name)), origin
 
-    def fit(self, history: dict[str, pd.Series], now: datetime) -> dict[str, dict[str, str]]:
+    def fit(self, history: dict[str, pd.Series], now: datetime,
+            weather: NwpArchive | None = None) -> dict[str, dict[str, str]]:
         """Refit and choose every series' models; the choices per series and horizon."""
         out = {}
         for name, f in self.forecasters.items():
-            data, origin = self.series_data(name, history[name], now, 1)
+            data, origin = self.series_data(name, history[name], now, 1, weather)
             out[name] = f.fit(data, origin)
         return out
 
     def issue(self, history: dict[str, pd.Series], now: datetime, horizon: str,
-              steps: int) -> dict[str, Forecast]:
+              steps: int, weather: NwpArchive | None = None) -> dict[str, Forecast]:
         """Issue ``horizon`` for every series (``steps`` of 15 min)."""
         out = {}
         for name, f in self.forecasters.items():
-            data, origin = self.series_data(name, history[name], now, steps)
+            data, origin = self.series_data(name, history[name], now, steps, weather)
             model, qp = f.quantile_paths(data, np.array([origin]), steps, horizon)
             out[name] = Forecast(series=name, kind=self.kinds[name], issued_at=now, model=model,
                                  index=data.index[origin : origin + steps],
@@ -145,4 +152,40 @@ class SiteForecasts:
         return out
 
 
-__all__ = ["HORIZON_STEPS", "SHORT", "ULTRA_SHORT", "SiteForecasts"]
+@dataclass(frozen=True)
+class ForecastRun:
+    """What one forecasting round returns to the controller."""
+
+    state: SiteForecasts  # with its fitted models, for the next round
+    issued: list[Forecast]
+    combined: dict[str, Forecast]
+    envelope: dict[str, pd.Series]  # PV clear-sky power at 1-minute steps [W]
+
+
+def run_forecasts(sf: SiteForecasts, now: datetime, *, fit: bool, short_term: bool,
+                  history: dict[str, pd.Series], weather: NwpArchive | None) -> ForecastRun:
+    """One round: refit if asked, issue ultra-short (and short-term if due). Runs in the
+    controller's forecast process, so that no fit holds the control loop's interpreter."""
+    fc = sf.config.forecasting
+    if fit:
+        sf.fit(history, now, weather)
+    issued = list(sf.issue(history, now, ULTRA_SHORT, HORIZON_STEPS[ULTRA_SHORT],
+                           weather).values())
+    if short_term:
+        steps = round(fc.short_term_horizon_h * 3600 / fc.step_s)
+        issued += list(sf.issue(history, now, SHORT, steps, weather).values())
+    t0 = pd.Timestamp(now).floor("1min")
+    idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.short_term_horizon_h), freq="1min")
+    env = {pid: pd.Series(clear_sky_power_w(idx, geo), index=idx)
+           for pid, geo in sf.geometry.items()}
+    return ForecastRun(sf, issued, sf.combined(), env)
+
+
+def warm_up() -> None:
+    """Import the models' libraries in the forecast process ahead of the first round."""
+    import statsmodels.api
+    import statsmodels.tsa.statespace.sarimax  # noqa: F401
+
+
+__all__ = ["HORIZON_STEPS", "SHORT", "ULTRA_SHORT", "ForecastRun", "SiteForecasts",
+           "run_forecasts", "warm_up"]

@@ -46,13 +46,15 @@ class Services:
 
     def __init__(self, config: SiteConfig, *, clock: Clock, control_interval_s: float | None = None,
                  ephemeral_ports: bool = False, data_dir: Path | None = None,
-                 history: pd.DataFrame | None = None) -> None:
+                 history: pd.DataFrame | None = None,
+                 weather_issues: list[pd.DataFrame] | None = None) -> None:
         self.config = config
         self.clock = clock
         self.control_interval_s = control_interval_s
         self.ephemeral_ports = ephemeral_ports
         self.data_dir = data_dir
         self.history = history
+        self.weather_issues = weather_issues or []
         self.urls = Urls()
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttBridge | None = None
@@ -108,6 +110,8 @@ class Services:
                                      metrics=metrics, control_interval_s=self.control_interval_s)
         if self.history is not None:
             self.controller.seed_history(self.history)
+        for issue in self.weather_issues:  # the weather forecasts archived before the start
+            self.controller.weather.add(issue)
         self.api = ApiServer(create_app(self.controller), host=cfg.api.host,
                              port=self._port(cfg.api.host, cfg.api.port))
         await self.api.start()

@@ -52,9 +52,14 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
         sub = asyncio.create_task(collect("127.0.0.1", svc.broker.port,
                                           f"vpp/{cfg.site.id}/#", seen, ready))
         await asyncio.wait_for(ready.wait(), 10)
-        await asyncio.sleep(4.0)  # 40 simulated minutes: forecasts issued, plans solved
         async with httpx.AsyncClient(base_url=svc.api.url, timeout=10) as http:
-            health = (await http.get("/api/v1/health")).json()
+            # the first forecasts (the forecast process starts, fits, issues) and plan
+            for _ in range(120):
+                health = (await http.get("/api/v1/health")).json()
+                if health.get("dispatch") is not None:
+                    break
+                await asyncio.sleep(0.25)
+            await asyncio.sleep(1.0)  # 10 simulated minutes more: MQTT has it all
             assets = (await http.get("/api/v1/assets")).json()
             forecasts = (await http.get("/api/v1/forecasts")).json()
             one = await http.get("/api/v1/forecasts", params={"series": "pv1"})

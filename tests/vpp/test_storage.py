@@ -67,6 +67,27 @@ def test_forecast_vintages_read_as_issued(storage: Storage) -> None:
     assert storage.read_forecast("pv1", T0 - timedelta(hours=1)).empty
 
 
+def test_each_horizon_keeps_its_own_vintages(storage: Storage) -> None:
+    """A short-term issue at 08:00 and ultra-short issues every 15 min after it: "as
+    issued at T" answers per horizon, with the model that issued it."""
+    day = pd.date_range(T0, periods=288, freq="15min")
+    storage.write_forecast(Forecast("wf1", "wind", T0, "sarimax-power-curve-nwp", day,
+                                    {0.5: np.full(288, 7.0)}, horizon="short"))
+    for k in range(3):
+        t = T0 + timedelta(minutes=15 * k)
+        storage.write_forecast(Forecast("wf1", "wind", t, "persistence",
+                                        pd.date_range(t, periods=16, freq="15min"),
+                                        {0.5: np.full(16, float(k))}, horizon="ultra-short"))
+    at = T0 + timedelta(minutes=20)
+    short = storage.read_forecast("wf1", at, horizon="short")
+    assert short.attrs["issued_at"] == T0 and len(short) == 288
+    assert short.attrs["model"] == "sarimax-power-curve-nwp"
+    us = storage.read_forecast("wf1", at, horizon="ultra-short")
+    assert us.attrs["issued_at"] == T0 + timedelta(minutes=15) and len(us) == 16
+    assert list(us[0.5]) == [1.0] * 16
+    assert storage.read_forecast("wf1", at, horizon="medium").empty
+
+
 def test_schedules_keep_failed_solves_too(storage: Storage) -> None:
     ok = Schedule(created_at=T0, start=T0, step_s=900, status=SolveStatus.OPTIMAL,
                   solver="HIGHS", solve_time_s=0.02, objective=12.5,

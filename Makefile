@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck clean bench bench-county
+.PHONY: demo test lint typecheck clean bench bench-county bench-forecast
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -36,6 +36,11 @@ clean:
 BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python -m bench.modbus_poll $(BENCH_ARGS)
+
+# Forecasts of 200 series on 2 cores: short-term with fit, then ultra-short refresh
+# (about 5 minutes).
+bench-forecast: $(STAMP)
+	$(BIN)/python -m bench.forecast_fleet $(BENCH_ARGS)
 
 # One simulated day of a 100-device county against the controller (about 3 minutes).
 bench-county: $(STAMP)

@@ -29,7 +29,7 @@ def test_serf_east_is_read_with_its_night_values_reported() -> None:
 def test_on_real_data_the_choice_beats_the_baselines() -> None:
     data, _ = load_series(serf_east(), kind="pv", capacity_w=SERF_CAPACITY_W, site=GOLDEN,
                           time_col="measured_on", power_col="ac_power")
-    res = backtest(data, horizon="ultra-short", max_days=6)
+    res = backtest(data, horizon="ultra-short", max_days=20)
     sel = res.metrics[SELECTED]
     for b in res.baselines:
         assert sel["accuracy"] > res.metrics[b]["accuracy"], b

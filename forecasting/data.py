@@ -9,7 +9,8 @@ are reported and handled, never crashed on:
 * naive stamps on DST days: the repeated autumn hour is resolved by order where it can
   be, otherwise its stamps are dropped; stamps inside the spring gap are dropped;
 * duplicated stamps: the first kept;
-* finer than 15 minutes: averaged to 15-minute means; coarser: an error;
+* finer than 15 minutes, or stamped off the quarter hours: averaged into 15-minute
+  intervals; coarser: an error;
 * gaps: left unknown (the models' filter carries through them) and counted;
 * PV and wind below zero down to −5 % of capacity (inverter self-consumption at night):
   set to 0; beyond −5 % or above 105 % of capacity: out of range, set unknown;
@@ -81,7 +82,8 @@ class DataReport:
         if self.duplicates:
             out.append(f"{self.duplicates} duplicated timestamps: the first of each kept")
         if self.resampled_from_s:
-            out.append(f"resampled from {self.resampled_from_s:g} s to 15-minute means")
+            out.append(f"resampled from {self.resampled_from_s:g} s steps to 15-minute means "
+                       "on the quarter hours")
         if self.gaps:
             out.append(f"{self.gaps} gaps, {self.missing_steps} missing steps, longest "
                        f"{self.longest_gap_h:.2f} h: left unknown")
@@ -219,7 +221,8 @@ def load_series(path: Path, *, kind: Kind, capacity_w: float, site: Site,
     start = values.index[0].floor(f"{STEP_S}s")
     end = values.index[-1].floor(f"{STEP_S}s")
     grid = pd.date_range(start, end, freq=f"{STEP_S}s")
-    if step < STEP_S:
+    on_grid = bool((values.index == values.index.floor(f"{STEP_S}s")).all())
+    if step < STEP_S or not on_grid:  # finer, or stamped off the quarter hours
         report.resampled_from_s = step
         values = values.resample(f"{STEP_S}s").mean()
     values = values.reindex(grid)

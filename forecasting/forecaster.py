@@ -90,11 +90,14 @@ def calibrate(data: SeriesData, model: PointModel, start: int, end: int,
     nb = int(buckets.max()) + 1
     table = np.zeros((nb, len(levels)))
     pooled = err[np.isfinite(err)]
-    fallback = np.quantile(pooled, levels) if pooled.size else np.zeros(len(levels))
+    previous = np.quantile(pooled, levels) if pooled.size else np.zeros(len(levels))
     for b in range(nb):
         e = err[:, buckets == b]
         e = e[np.isfinite(e)]
-        table[b] = np.quantile(e, levels) if e.size >= 20 else fallback
+        # a lead the calibration days cannot reach keeps the last lead's errors: never the
+        # pooled ones, which are mostly short leads and would narrow the far end
+        table[b] = np.quantile(e, levels) if e.size >= 20 else previous
+        previous = table[b]
     table = np.sort(table, axis=1)
     nrmse = {}
     for name, h in HORIZON_STEPS.items():
@@ -136,12 +139,12 @@ class SeriesForecaster:
         for m in candidates(data):
             try:
                 m.fit(data, cut)
-                self.calibrations[m.name] = calibrate(data, m, cut, end, self.levels, steps)
+                cal = calibrate(data, m, cut, end, self.levels, steps)
                 m.fit(data, end)
             except (ValueError, np.linalg.LinAlgError) as exc:
                 log.warning("%s: %s left out: %s", self.name, m.name, exc)
                 continue
-            self.models[m.name] = m
+            self.models[m.name], self.calibrations[m.name] = m, cal
         for horizon in HORIZON_STEPS:
             scores = {n: c.nrmse[horizon] for n, c in self.calibrations.items()}
             if not scores:

@@ -180,7 +180,7 @@ Generator = PvAsset | WindAsset
 class ForecastingSection(_Frozen):
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     step_s: Literal[900] = 900  # the grid's 15-minute forecast step
-    short_term_horizon_h: float = Field(default=72.0, ge=4, le=72)
+    short_term_horizon_h: float = Field(default=72.0, ge=28, le=72)
     short_term_issue_time: str = Field(default="08:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$",
                                        description="site-local HH:MM")
     issue_interval_s: float = Field(default=900.0, gt=0, description="ultra-short re-issue")
@@ -369,9 +369,12 @@ class SiteConfig(_Frozen):
         if d.step_s != fc.step_s:
             raise ValueError(f"dispatch.step_s ({d.step_s}) must equal forecasting.step_s "
                              f"({fc.step_s}): the plan steps on the forecast's grid")
-        if d.horizon_h > fc.short_term_horizon_h:
+        # the short-term forecast is up to a day old when the plan uses it
+        if d.horizon_h > fc.short_term_horizon_h - 24:
             raise ValueError(f"dispatch.horizon_h ({d.horizon_h}) must not exceed "
-                             f"forecasting.short_term_horizon_h ({fc.short_term_horizon_h})")
+                             f"forecasting.short_term_horizon_h - 24 "
+                             f"({fc.short_term_horizon_h - 24:g}): the short-term forecast "
+                             "is issued once a day")
         if not d.load_quantile < 0.5 < d.generation_quantile:
             raise ValueError(f"the cap needs a high generation and a low load quantile: "
                              f"dispatch.load_quantile ({d.load_quantile}) < 0.5 < "

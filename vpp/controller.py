@@ -72,6 +72,7 @@ from vpp.storage import Storage
 from vpp.weather import NwpArchive
 
 log = logging.getLogger(__name__)
+log_forecasting = logging.getLogger("forecasting")
 # a reading beyond its asset's rating by more than this share is implausible (a device
 # that lies): generators may overshoot their nameplate a little, never by half
 PLAUSIBLE_RATIO = 0.2
@@ -733,11 +734,7 @@ class Controller:
 
     async def issue_forecasts(self, now: datetime) -> None:
         fit = self._next_fit is None or now >= self._next_fit
-        if fit:
-            self._next_fit = now + timedelta(seconds=self.config.forecasting.refit_interval_s)
         short_term = self.site_forecasts.short_term_due(self._last_short_term, now)
-        if short_term:
-            self._last_short_term = now
         loop = asyncio.get_running_loop()
         history = {name: self.history.series(name) for name in self.forecasters}
         path = self.config.forecasting.weather_file
@@ -752,8 +749,15 @@ class Controller:
         except BrokenProcessPool:  # the forecast process died: a new one next round
             log.error("the forecast process died; the last forecasts stay in force")
             self._forecaster_pool = None
-            self._next_fit = None
             return
+        # only a round that came back counts: a failed one is tried again in full
+        if fit:
+            self._next_fit = now + timedelta(seconds=self.config.forecasting.refit_interval_s)
+        if short_term:
+            self._last_short_term = now
+        for record in run.log_records:  # the forecast process's own log, in this one
+            if log_forecasting.isEnabledFor(record.levelno):
+                log_forecasting.handle(record)
         log.info("forecasts issued at %s (%s%s) in %.2f s wall", now.isoformat(),
                  "refit, " if fit else "", "with short-term" if short_term else "ultra-short",
                  time.monotonic() - t_wall)

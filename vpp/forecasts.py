@@ -160,12 +160,40 @@ class ForecastRun:
     issued: list[Forecast]
     combined: dict[str, Forecast]
     envelope: dict[str, pd.Series]  # PV clear-sky power at 1-minute steps [W]
+    log_records: list[logging.LogRecord]  # the round's log (model choices, models left out)
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        record.msg, record.args = record.getMessage(), None  # picklable as text
+        record.exc_info = None
+        self.records.append(record)
 
 
 def run_forecasts(sf: SiteForecasts, now: datetime, *, fit: bool, short_term: bool,
                   history: dict[str, pd.Series], weather: NwpArchive | None) -> ForecastRun:
     """One round: refit if asked, issue ultra-short (and short-term if due). Runs in the
     controller's forecast process, so that no fit holds the control loop's interpreter."""
+    keep = _Keep()
+    logger = logging.getLogger("forecasting")
+    level = logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        return _round(sf, now, fit=fit, short_term=short_term, history=history,
+                      weather=weather, keep=keep)
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+
+
+def _round(sf: SiteForecasts, now: datetime, *, fit: bool, short_term: bool,
+           history: dict[str, pd.Series], weather: NwpArchive | None, keep: _Keep
+           ) -> ForecastRun:
     fc = sf.config.forecasting
     if fit:
         sf.fit(history, now, weather)
@@ -178,7 +206,7 @@ def run_forecasts(sf: SiteForecasts, now: datetime, *, fit: bool, short_term: bo
     idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.short_term_horizon_h), freq="1min")
     env = {pid: pd.Series(clear_sky_power_w(idx, geo), index=idx)
            for pid, geo in sf.geometry.items()}
-    return ForecastRun(sf, issued, sf.combined(), env)
+    return ForecastRun(sf, issued, sf.combined(), env, keep.records)
 
 
 def warm_up() -> None:

@@ -68,21 +68,22 @@ class NwpArchive:
         return True
 
     def exog(self, grid: pd.DatetimeIndex, now: datetime) -> pd.DataFrame:
-        """The weather columns on ``grid`` (NaN where no issue covers a step)."""
+        """The weather columns on ``grid`` (NaN where no issue covers a step). Each step
+        takes one issue's whole row, never columns of different issues."""
         out = pd.DataFrame(np.nan, index=grid, columns=list(COLUMNS))
         if not len(self.rows):
             return out
         rows = self.rows.sort_values("issued_at", kind="stable")
-        now_t = pd.Timestamp(now)
+        # steps from the one being forecast on are the future (the grid is on 15 minutes)
+        split = pd.Timestamp(now).floor("15min")
         lead_s = (rows["valid_time"] - rows["issued_at"]).dt.total_seconds()
-        past = rows[rows["valid_time"] < now_t]
+        past = rows[rows["valid_time"] < split]
         old_enough = past[lead_s[past.index] >= HISTORY_MIN_LEAD_S]
-        oldest = past.groupby("valid_time")[list(COLUMNS)].first()
-        day_ahead = old_enough.groupby("valid_time")[list(COLUMNS)].last()
-        hist = day_ahead.combine_first(oldest)
-        latest = rows[rows["issued_at"] == rows.loc[rows["issued_at"] <= now_t,
-                                                    "issued_at"].max()]
-        future = latest[latest["valid_time"] >= now_t].set_index("valid_time")[list(COLUMNS)]
-        both = pd.concat([hist, future])
-        both = both[~both.index.duplicated(keep="last")]
-        return out.combine_first(both.reindex(grid))[list(COLUMNS)]
+        oldest = past.drop_duplicates("valid_time", keep="first")
+        day_ahead = old_enough.drop_duplicates("valid_time", keep="last")
+        hist = pd.concat([day_ahead, oldest]).drop_duplicates("valid_time", keep="first")
+        issued = rows.loc[rows["issued_at"] <= pd.Timestamp(now), "issued_at"]
+        latest = rows[rows["issued_at"] == issued.max()] if len(issued) else rows.iloc[:0]
+        future = latest[latest["valid_time"] >= split]
+        both = pd.concat([hist, future]).drop_duplicates("valid_time", keep="last")
+        return both.set_index("valid_time")[list(COLUMNS)].reindex(grid)

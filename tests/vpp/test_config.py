@@ -118,7 +118,7 @@ def test_every_config_key_is_documented() -> None:
 
 @pytest.mark.parametrize(("mutate", "expected"), [
     (lambda d: d["dispatch"].update(step_s=300), "dispatch.step_s (300) must equal"),
-    (lambda d: (d["forecasting"].update(short_term_horizon_h=12),
+    (lambda d: (d["forecasting"].update(short_term_horizon_h=36),
                 d["dispatch"].update(horizon_h=24)),
      "dispatch.horizon_h (24.0) must not exceed"),
     (lambda d: d["dispatch"].update(load_quantile=0.9), "dispatch.load_quantile (0.9) < 0.5"),

@@ -21,6 +21,7 @@ PLOT_DAYS = 7  # the band panel shows the last week; the bars show every day
 
 
 def write_backtest_plot(res: BacktestResult, path: Path, tz: str) -> Path:
+    unit, scale = ("MW", MW) if res.capacity_w >= MW else ("kW", 1e3)
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7.5), constrained_layout=True)
     if len(res.plot_index):
         idx = res.plot_index.tz_convert(tz)
@@ -28,17 +29,17 @@ def write_backtest_plot(res: BacktestResult, path: Path, tz: str) -> Path:
         qs = sorted(res.plot_quantiles_w)
         lo, hi = res.plot_quantiles_w[qs[0]][keep], res.plot_quantiles_w[qs[-1]][keep]
         mid = res.plot_quantiles_w[0.5][keep] if 0.5 in res.plot_quantiles_w else None
-        top.fill_between(idx[keep], lo / MW, hi / MW, color="tab:blue", alpha=0.25, lw=0,
+        top.fill_between(idx[keep], lo / scale, hi / scale, color="tab:blue", alpha=0.25, lw=0,
                          label=f"P{round(qs[0] * 100)}-P{round(qs[-1] * 100)}")
         if mid is not None:
-            top.plot(idx[keep], mid / MW, color="tab:blue", lw=1.2, label="P50")
-        top.plot(idx[keep], res.plot_measured_w[keep] / MW, color="black", lw=1.0,
+            top.plot(idx[keep], mid / scale, color="tab:blue", lw=1.2, label="P50")
+        top.plot(idx[keep], res.plot_measured_w[keep] / scale, color="black", lw=1.0,
                  label="measured")
         top.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d %H:%M", tz=tz))  # type: ignore[no-untyped-call]
     lead = "4 h ahead" if res.horizon == "ultra-short" else "day ahead"
     top.set_title(f"{res.series} ({res.kind}): {res.horizon} forecast, {lead}, chosen model",
                   loc="left", fontsize=11)
-    top.set_ylabel("power [MW]")
+    top.set_ylabel(f"power [{unit}]")
     top.set_xlabel(f"local time ({tz})")
     top.grid(True, alpha=0.3)
     top.legend(loc="upper right", fontsize=8)

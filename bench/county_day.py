@@ -63,7 +63,7 @@ def county_toml(data_dir: Path, base_port: int) -> str:
             lines.append(head + body + "\n" + endpoint() + "\n")
     lines.append('[[assets]]\nid = "pcc"\nkind = "meter"\nprofile = "generic-meter"\n'
                  + endpoint() + "\n")
-    lines.append("[forecasting]\nhorizon_h = 12\n[dispatch]\nhorizon_h = 12\n")
+    lines.append("[dispatch]\nhorizon_h = 12\n")
     lines.append("[mqtt]\nenabled = false\n[api]\nport = 0\n")
     lines.append(f'[storage]\ndata_dir = "{data_dir}"\n')
     lines.append('[sim]\nseed = 3\nstart = "2026-04-15T00:00:00+08:00"\ncloudiness = 0.3\n'

@@ -29,10 +29,8 @@ import numpy as np
 import pandas as pd
 
 from forecasting.series import (
-    GHI_COL,
     STEPS_PER_DAY,
-    TEMP_COL,
-    WIND_COL,
+    WEATHER_COLUMNS,
     Kind,
     PowerCurve,
     SeriesData,
@@ -42,7 +40,6 @@ from forecasting.solar import PvPlantGeometry, interval_clear_sky_power_w
 
 STEP_S = 900
 FROZEN_RUN = 8
-WEATHER = (GHI_COL, WIND_COL, TEMP_COL)
 
 
 class DataError(ValueError):
@@ -189,15 +186,15 @@ def load_series(path: Path, *, kind: Kind, capacity_w: float, site: Site,
         if col not in df.columns:
             raise DataError(f"{path.name}: no {what} column {col!r}; the columns are "
                             f"{list(df.columns)} (choose one with {opt})")
-    wanted = [c for c in WEATHER if c in df.columns] if exog is None else list(exog)
+    wanted = [c for c in WEATHER_COLUMNS if c in df.columns] if exog is None else list(exog)
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise DataError(f"{path.name}: weather columns {missing} not found; the columns are "
                         f"{list(df.columns)}")
-    unknown = [c for c in wanted if c not in WEATHER]
+    unknown = [c for c in wanted if c not in WEATHER_COLUMNS]
     if unknown:
         raise DataError(f"{path.name}: weather columns {unknown} are not understood; the "
-                        f"models use {list(WEATHER)}")
+                        f"models use {list(WEATHER_COLUMNS)}")
     report.weather_columns = wanted
     values = df[[power_col, *wanted]].apply(pd.to_numeric, errors="coerce")
     stamps = _stamps(df[time_col], site.tz, report)

@@ -120,7 +120,6 @@ class SeriesForecaster:
     calibrations: dict[str, Calibration] = field(default_factory=dict)
     selected: dict[str, str] = field(default_factory=dict)  # horizon → model name
     selection: dict[str, dict[str, float]] = field(default_factory=dict)
-    fitted_end: object = None
 
     def fit(self, data: SeriesData, end: int | None = None) -> dict[str, str]:
         """Fit, calibrate and choose on the steps before ``end`` (default: all known)."""
@@ -155,7 +154,6 @@ class SeriesForecaster:
                      horizon, self.selected[horizon], cal_steps / STEPS_PER_DAY,
                      ", ".join(f"{n} {s:.4f}" for n, s in sorted(scores.items(),
                                                                   key=lambda kv: kv[1])))
-        self.fitted_end = data.index[end - 1] if end > 0 else None
         return self.selected
 
     def quantile_paths(self, data: SeriesData, origins: np.ndarray, steps: int,

@@ -26,6 +26,7 @@ PV_INDEX_MAX = 1.3  # clear-sky index ceiling (cloud-edge brightening, cold cell
 
 # weather-forecast columns the models understand (names as the simulator's NWP file)
 GHI_COL, WIND_COL, TEMP_COL = "ghi_w_m2", "wind_speed_m_s", "temp_air_c"
+WEATHER_COLUMNS = (GHI_COL, WIND_COL, TEMP_COL)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from forecasting.series import WEATHER_COLUMNS
 from sim.nwp import WeatherForecaster
 from sim.weather import Weather
 from vpp.config import SiteConfig
 from vpp.simbridge import plant_spec
 
-WEATHER_COLUMNS = ("ghi_w_m2", "wind_speed_m_s", "temp_air_c")
 VINTAGES = ("day-ahead", "intraday")
 INTRADAY_MIN_LEAD_S = 4 * 3600.0
 

@@ -17,12 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from forecasting.series import GHI_COL, TEMP_COL, WIND_COL
+from forecasting.series import WEATHER_COLUMNS as COLUMNS
 from sim.nwp import read_forecast
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (GHI_COL, WIND_COL, TEMP_COL)
 HISTORY_MIN_LEAD_S = 86400.0
 
 

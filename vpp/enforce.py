@@ -20,6 +20,14 @@ Priorities, as DESIGN.md sets them:
 
 Batteries taper their charge and discharge as the SOC nears its bounds, so a battery
 never stops abruptly at a bound (which would throw its power onto the PCC at once).
+Flexible loads take part as one-way stores: they may draw more to absorb an excess (as far
+as the energy they still need allows, tapered the same way, since a load that finishes
+stops drawing at once), and return to their planned draw with the room that is left.
+
+Generators with a ramp rate are honoured both ways: a limit rises by at most the rate ×
+the control interval per step (release is gradual), and a cut is counted as taking effect
+only as fast as the rate allows, so the part a slow plant cannot shed this step is cut
+from the faster ones.
 
 If the PCC measurement is lost, the loop fails safe: no limit is raised, no battery
 discharge increases, generation is held at or below what it was, and whatever a battery
@@ -31,7 +39,9 @@ held generator's possible rise up to its limit is reserved out of the room the o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -51,6 +61,7 @@ class GeneratorNow:
     rated_power_w: float
     limit_w: float  # limit in force (read back from the device) [W]
     controllable: bool = True  # False: its reading is not trustworthy; hold it, reserve its rise
+    max_step_w: float = math.inf  # the most its output may change in one control step [W]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -68,6 +79,23 @@ class BatteryNow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FlexNow:
+    id: str
+    draw_w: float  # measured, positive when drawing [W]
+    max_w: float
+    due_wh: float  # energy it still needs today
+    planned_draw_w: float  # the schedule's draw for this step [W]
+    controllable: bool = True
+
+    def as_store(self) -> BatteryNow:
+        """The load as a battery that can only charge, and only as much as it needs."""
+        return BatteryNow(id=self.id, power_w=-self.draw_w, soc=0.0,
+                          capacity_wh=max(self.due_wh, 0.0), max_charge_w=self.max_w,
+                          max_discharge_w=0.0, soc_min=0.0, soc_max=1.0,
+                          planned_w=-self.planned_draw_w, controllable=self.controllable)
+
+
+@dataclass(frozen=True, kw_only=True)
 class EnforceParams:
     margin_ratio: float = 0.03
     soc_taper_s: float = 600.0  # a battery may empty/fill its last margin no faster than this
@@ -80,12 +108,13 @@ class Command:
     """What to write this step."""
 
     limits_w: dict[str, float]
-    battery_w: dict[str, float]
+    battery_w: dict[str, float]  # batteries, + discharge [W]
     mode: EnforceMode
     target_w: float
     room_w: float  # target − measured export [W]
     worst_export_w: float  # export if every generator rose to its limit or potential [W]
     notes: list[str] = field(default_factory=list)
+    flex_draw_w: dict[str, float] = field(default_factory=dict)  # flexible loads, + drawing [W]
 
 
 def _charge_allowed(b: BatteryNow, p: EnforceParams) -> float:
@@ -107,15 +136,62 @@ def _spread(total: float, weights: dict[str, float]) -> dict[str, float]:
 
 def _worst_change(g: GeneratorNow, limit_w: float) -> float:
     """The most a generator's output can change under a new limit [W]: a cut below its
-    output is certain; above it, it may rise to what it could physically give."""
+    output is certain as far as its ramp allows this step; above it, it may rise to what
+    it could physically give."""
     if limit_w < g.output_w:
-        return limit_w - g.output_w
+        return -min(g.output_w - limit_w, g.max_step_w)
     return max(0.0, min(limit_w, g.potential_w) - g.output_w)
 
 
+def _cut(total: float, generators: list[GeneratorNow]) -> dict[str, float]:
+    """Spread a cut over the generators in proportion to their output, none more than its
+    ramp allows this step (water-filling: what a slow one cannot shed goes to the others).
+    Whatever no one can shed stays with the generators in proportion (the note says so)."""
+    cut = dict.fromkeys((g.id for g in generators), 0.0)
+    left, free = total, {g.id: g for g in generators if g.output_w > 0}
+    while left > 1e-6 and free:
+        share = _spread(left, {k: g.output_w for k, g in free.items()})
+        done = []
+        for k, g in free.items():
+            room = min(g.output_w, g.max_step_w) - cut[k]
+            take = min(share[k], room)
+            cut[k] += take
+            left -= take
+            if take >= room - 1e-9:
+                done.append(k)
+        if not done:
+            break
+        for k in done:
+            free.pop(k)
+    if left > 1e-6:  # beyond every ramp: ask for it anyway, the limits say where it should go
+        extra = _spread(left, {g.id: g.output_w for g in generators})
+        cut = {k: v + extra[k] for k, v in cut.items()}
+    return cut
+
+
 def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorNow],
-            batteries: list[BatteryNow], params: EnforceParams) -> Command:
+            batteries: list[BatteryNow], params: EnforceParams,
+            flex_loads: Sequence[FlexNow] = ()) -> Command:
     """One control step: generator limits and battery setpoints from the measured PCC export."""
+    flex_ids = {f.id for f in flex_loads}
+    cmd = _enforce(export_w=export_w, cap_w=cap_w, generators=generators,
+                   batteries=[*batteries, *(f.as_store() for f in flex_loads)], params=params)
+    if not flex_ids:
+        return cmd
+    return replace(cmd, battery_w={k: v for k, v in cmd.battery_w.items() if k not in flex_ids},
+                   flex_draw_w={k: max(0.0, -v) for k, v in cmd.battery_w.items()
+                                if k in flex_ids})
+
+
+def _rise_cap(g: GeneratorNow, limit_w: float) -> float:
+    """A raised limit rises by at most the generator's ramp per step."""
+    if limit_w <= g.limit_w:
+        return limit_w
+    return min(limit_w, max(g.limit_w, g.output_w) + g.max_step_w)
+
+
+def _enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorNow],
+             batteries: list[BatteryNow], params: EnforceParams) -> Command:
     target = cap_w * (1.0 - params.margin_ratio)
     held_gens = [g for g in generators if not g.controllable]
     held_bats = [b for b in batteries if not b.controllable]
@@ -161,7 +237,7 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
         mode = EnforceMode.ABSORBING
     elif binding and sum(spare_charge.values()) > 0:
         # 2. a generator is curtailing: charge more so its limit can rise
-        wanted = sum(head[g.id] for g in binding)
+        wanted = sum(min(head[g.id], g.max_step_w) for g in binding)
         step = min(sum(spare_charge.values()), wanted,
                    params.absorb_step_ratio * sum(b.max_charge_w for b in batteries))
         share = _spread(step, spare_charge)
@@ -189,14 +265,15 @@ def enforce(*, export_w: float | None, cap_w: float, generators: list[GeneratorN
     limits: dict[str, float] = {}
     total_head = sum(head.values())
     if room_g >= total_head:
-        limits = {g.id: g.rated_power_w for g in generators}
+        limits = {g.id: _rise_cap(g, g.rated_power_w) for g in generators}
     elif room_g >= 0:
         share = _spread(room_g, head)
-        limits = {g.id: min(g.rated_power_w, g.output_w + share[g.id]) for g in generators}
+        limits = {g.id: _rise_cap(g, min(g.rated_power_w, g.output_w + share[g.id]))
+                  for g in generators}
         if mode is EnforceMode.NORMAL:
             mode = EnforceMode.HEADROOM
     else:
-        cut = _spread(-room_g, {g.id: g.output_w for g in generators})
+        cut = _cut(-room_g, generators)
         limits = {g.id: max(0.0, g.output_w - cut[g.id]) for g in generators}
         if sum(g.output_w for g in generators) < -room_g:
             notes.append("generation cannot shed the whole excess")

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vpp.enforce import BatteryNow, EnforceMode, EnforceParams, GeneratorNow, enforce
+from vpp.enforce import BatteryNow, EnforceMode, EnforceParams, FlexNow, GeneratorNow, enforce
 
 P = EnforceParams(margin_ratio=0.03, soc_taper_s=600.0)
 CAP = 35e6
@@ -143,3 +143,45 @@ def test_the_promise_holds_for_any_state(gens: list[tuple[float, float, float]],
     assert discharge_ok >= 0
     if export - target + forced_rise <= sheddable:
         assert cmd.worst_export_w <= target + 1e-3 * CAP
+
+
+def test_a_flexible_load_absorbs_an_excess_as_far_as_its_need_allows() -> None:
+    gens = [gen("pv", 50e6, 52e6, 60e6)]
+    needy = FlexNow(id="boiler", draw_w=1e6, max_w=8e6, due_wh=20e6, planned_draw_w=1e6)
+    cmd = enforce(export_w=36e6, cap_w=CAP, generators=gens, batteries=[bat(soc=0.95)],
+                  params=P, flex_loads=[needy])
+    # the full battery cannot charge; the load draws the excess instead of curtailing
+    target = CAP * 0.97
+    assert cmd.flex_draw_w["boiler"] == pytest.approx(1e6 + (36e6 - target), rel=1e-6)
+    assert "boiler" not in cmd.battery_w
+    # nearly done: it may draw only what fills its need over the taper time
+    almost = FlexNow(id="boiler", draw_w=1e6, max_w=8e6, due_wh=100e3, planned_draw_w=1e6)
+    cmd = enforce(export_w=36e6, cap_w=CAP, generators=gens, batteries=[bat(soc=0.95)],
+                  params=P, flex_loads=[almost])
+    assert cmd.flex_draw_w["boiler"] == pytest.approx(100e3 * 3600 / P.soc_taper_s)
+    assert cmd.mode is EnforceMode.CURTAILING
+
+
+def test_a_flexible_load_returns_to_a_lower_plan_only_with_room() -> None:
+    gens = [gen("pv", 20e6, 20e6, 60e6, limit=60e6)]
+    f = FlexNow(id="boiler", draw_w=6e6, max_w=8e6, due_wh=20e6, planned_draw_w=0.0)
+    room_left = enforce(export_w=30e6, cap_w=CAP, generators=gens, batteries=[], params=P,
+                        flex_loads=[f])
+    # dropping the draw raises export by 6 MW: only the ≈3.95 MW of room is released
+    assert room_left.flex_draw_w["boiler"] == pytest.approx(6e6 - (CAP * 0.97 - 30e6), rel=1e-6)
+
+
+def test_ramp_rates_slow_the_release_and_move_a_cut_to_faster_plants() -> None:
+    slow = GeneratorNow(id="wf", output_w=20e6, potential_w=30e6, rated_power_w=30e6,
+                        limit_w=20e6, max_step_w=0.5e6)
+    fast = GeneratorNow(id="pv", output_w=20e6, potential_w=25e6, rated_power_w=60e6,
+                        limit_w=60e6)
+    # plenty of room: the slow farm's limit rises by its ramp only
+    cmd = enforce(export_w=0.0, cap_w=CAP, generators=[slow, fast], batteries=[], params=P)
+    assert cmd.limits_w["wf"] == pytest.approx(20.5e6)
+    # over the target by 4 MW: the slow farm sheds 0.5 MW, the PV plant the rest
+    over = CAP * 0.97 + 4e6
+    cmd = enforce(export_w=over, cap_w=CAP, generators=[slow, fast], batteries=[], params=P)
+    assert cmd.limits_w["wf"] == pytest.approx(19.5e6)
+    assert cmd.limits_w["pv"] == pytest.approx(20e6 - 3.5e6)
+    assert cmd.worst_export_w <= CAP * 0.97 + 1.0

@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vpp import __version__
-from vpp.controller import Controller, schedule_payload
+from vpp.controller import Controller
+from vpp.dispatch import schedule_payload
 from vpp.jsonutil import jsonable
 
 
@@ -45,7 +46,8 @@ def create_app(ctrl: Controller) -> FastAPI:
         if st.control_steps == 0:
             status = "starting"
         elif st.export_w is None or any(h != "online" for h in devices.values()) or (
-                solve is not None and not solve.status.usable):
+                solve is not None and not solve.status.usable) or st.plan_source in (
+                "last-good", "rule-based"):
             status = "degraded"
         else:
             status = "ok"
@@ -59,7 +61,8 @@ def create_app(ctrl: Controller) -> FastAPI:
             "pcc": {"export_w": st.export_w, "export_cap_w": cfg.pcc.export_cap_w},
             "dispatch": None if solve is None else {
                 "status": solve.status.value, "solver": solve.solver,
-                "solve_time_s": solve.solve_time_s, "created_at": solve.created_at},
+                "solve_time_s": solve.solve_time_s, "created_at": solve.created_at,
+                "plan_source": st.plan_source, "fallback_reason": st.plan_fallback_reason},
             "mqtt": None if ctrl.mqtt is None else {
                 "connected": ctrl.mqtt.connected, "buffered": ctrl.mqtt.buffered,
                 "dropped": ctrl.mqtt.dropped},

@@ -89,6 +89,8 @@ class _AssetBase(_Frozen):
 class PvAsset(_AssetBase):
     kind: Literal["pv"]
     rated_power_w: float = Field(gt=0, description="AC rating")
+    ramp_rate_w_per_s: float | None = Field(
+        default=None, gt=0, description="fastest change of output the plant allows")
     dc_power_w: float = Field(gt=0, description="DC nameplate at STC")
     tilt_deg: float = Field(default=30.0, ge=0, le=90)
     azimuth_deg: float = Field(default=180.0, ge=0, lt=360)
@@ -97,6 +99,8 @@ class PvAsset(_AssetBase):
 class WindAsset(_AssetBase):
     kind: Literal["wind"]
     rated_power_w: float = Field(gt=0)
+    ramp_rate_w_per_s: float | None = Field(
+        default=None, gt=0, description="fastest change of output the farm allows")
     cut_in_m_s: float = Field(default=3.0, gt=0)
     rated_speed_m_s: float = Field(default=12.0, gt=0)
     cut_out_m_s: float = Field(default=25.0, gt=0)
@@ -199,13 +203,30 @@ class ForecastingSection(_Frozen):
         return v
 
 
+class GroupSection(_Frozen):
+    """A feeder or transformer that limits the net power of the assets behind it."""
+
+    id: str = Field(pattern=_ID)
+    assets: tuple[str, ...] = Field(min_length=1)
+    max_export_w: float = Field(gt=0, description="net power out of the group into the bus")
+    max_import_w: float | None = Field(default=None, gt=0,
+                                       description="net power into the group from the bus")
+
+
+Solver = Literal["HIGHS", "CLARABEL", "ECOS", "SCS"]
+
+
 class DispatchSection(_Frozen):
-    horizon_h: float = Field(default=12.0, gt=0, le=72)
+    horizon_h: float = Field(default=24.0, gt=0, le=72)
     step_s: int = Field(default=900, ge=60, le=3600)
     interval_s: float = Field(default=300.0, gt=0, description="re-solve period")
-    solver: Literal["HIGHS", "CLARABEL", "ECOS", "SCS"] = "HIGHS"
-    fallback_solvers: tuple[Literal["HIGHS", "CLARABEL", "ECOS", "SCS"], ...] = ("CLARABEL",)
+    planner: Literal["optimal", "rule-based"] = Field(
+        default="optimal", description="rule-based: no optimisation (for comparison runs)")
+    solver: Solver = "HIGHS"
+    fallback_solvers: tuple[Solver, ...] = ("CLARABEL",)
     time_limit_s: float = Field(default=10.0, gt=0)
+    late_s: float = Field(default=60.0, gt=0,
+                          description="wall seconds a solve may take before a fallback plan")
     generation_quantile: float = Field(default=0.9, gt=0, lt=1)
     load_quantile: float = Field(default=0.1, gt=0, lt=1)
     curtailment_weight_per_wh: float = Field(default=1.0, gt=0)
@@ -213,6 +234,12 @@ class DispatchSection(_Frozen):
     soc_target: float = Field(default=0.5, ge=0, le=1)
     soc_target_weight_per_wh: float = Field(default=0.1, ge=0)
     export_peak_weight_per_w: float = Field(default=0.01, ge=0)
+    export_ramp_limit_ratio: float | None = Field(
+        default=0.2, gt=0, le=1,
+        description="expected export may change by this × pcc.export_cap_w per step")
+    export_ramp_weight_per_wh: float = Field(default=0.5, ge=0)
+    tracking_weight_per_wh: float = Field(default=0.05, ge=0)
+    groups: tuple[GroupSection, ...] = ()
 
 
 class ControlSection(_Frozen):
@@ -385,7 +412,23 @@ class SiteConfig(_Frozen):
         if missing:
             raise ValueError(f"forecasting.quantiles {list(fc.quantiles)} must include "
                              f"{[round(q, 6) for q in missing]}, which dispatch uses")
+        self._check_groups(by_id)
         return self
+
+    def _check_groups(self, by_id: dict[str, Asset]) -> None:
+        seen: set[str] = set()
+        for i, g in enumerate(self.dispatch.groups):
+            if g.id in seen:
+                raise ValueError(f"dispatch.groups[{i}].id {g.id!r} is repeated")
+            seen.add(g.id)
+            for a in g.assets:
+                asset = by_id.get(a)
+                ok = asset is not None and (asset.kind in ("pv", "wind", "battery") or (
+                    isinstance(asset, LoadAsset) and asset.flexible is not None))
+                if not ok:
+                    raise ValueError(f"dispatch.groups[{i}] ({g.id}): asset {a!r} must be a pv, "
+                                     "wind, battery or flexible load asset; those configured: "
+                                     f"{sorted(k for k, v in by_id.items() if v.kind != 'meter')}")
 
     def asset(self, asset_id: str) -> Asset:
         for a in self.assets:
@@ -395,6 +438,13 @@ class SiteConfig(_Frozen):
 
     def of_kind(self, kind: str) -> list[Any]:
         return [a for a in self.assets if a.kind == kind]
+
+    def flexible_loads(self) -> list[LoadAsset]:
+        return [a for a in self.of_kind("load") if a.flexible is not None]
+
+    def base_loads(self) -> list[LoadAsset]:
+        """The loads the county load forecast is made of (flexible loads are planned)."""
+        return [a for a in self.of_kind("load") if a.flexible is None]
 
 
 class ConfigError(ValueError):

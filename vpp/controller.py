@@ -54,20 +54,15 @@ from vpp.config import (
     SiteConfig,
     WindAsset,
 )
-from vpp.dispatch import (
-    BatteryModel,
-    Dispatcher,
-    DispatchInputs,
-    Fleet,
-    GeneratorModel,
-    Schedule,
-    Weights,
-)
-from vpp.enforce import BatteryNow, Command, EnforceParams, GeneratorNow, enforce
+from vpp.dispatch import DispatchInputs, Schedule, SolveStatus, schedule_payload
+from vpp.enforce import BatteryNow, Command, EnforceParams, FlexNow, GeneratorNow, enforce
+from vpp.fallback import LAST_GOOD, OPTIMAL, RULE_BASED, last_good, rule_based_plan
 from vpp.forecasts import SiteForecasts, run_forecasts, warm_up
 from vpp.history import IntervalHistory
+from vpp.instructions import DemandResponse, ExportProfile, GridInstructions
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
+from vpp.planning import dispatcher_for, flex_windows
 from vpp.storage import Storage
 from vpp.weather import NwpArchive
 
@@ -81,6 +76,9 @@ MIN_WALL_TIMEOUT_S = 0.1
 # with the PCC meter lost, export estimated from every device's reading keeps control,
 # with this much more margin (unmeasured losses, reading skew)
 ESTIMATE_MARGIN_RATIO = 0.03
+REACTIVE = "reactive"  # dispatch.planner: no plan, the real-time limiter alone
+# flexible-load status register values (drivers/profiles/generic-flex-load.yaml)
+FLEX_DONE, FLEX_MISSED = 4, 5
 
 
 class Clock(Protocol):
@@ -108,6 +106,8 @@ class ControllerState:
     last_step_at: datetime | None = None
     written_w: dict[str, float] = field(default_factory=dict)
     export_cap_w: float = 0.0  # the cap in force now [W]
+    plan_source: str | None = None  # optimal | last-good | rule-based | reactive
+    plan_fallback_reason: str = ""
 
 
 class Controller:
@@ -148,28 +148,20 @@ class Controller:
         self.generators: list[PvAsset | WindAsset] = [*self.pv, *self.wind]
         self.batteries: list[BatteryAsset] = config.of_kind("battery")
         self.loads: list[LoadAsset] = config.of_kind("load")
+        self.base_loads = config.base_loads()
+        self.flex_loads = config.flexible_loads()
         fc = config.forecasting
         self.history = IntervalHistory(step_s=fc.step_s, max_intervals=(fc.history_days + 1) * 96)
         self.site_forecasts = SiteForecasts(config)
         self.weather = NwpArchive(keep_days=fc.history_days + 3)
         self.forecasters = self.site_forecasts.forecasters
         self._geo = self.site_forecasts.geometry
-        d = config.dispatch
-        self.steps = round(d.horizon_h * 3600 / d.step_s)
-        self.dispatcher = Dispatcher(
-            Fleet(generators=tuple(GeneratorModel(id=g.id, kind=g.kind,
-                                                  rated_power_w=g.rated_power_w)
-                                   for g in self.generators),
-                  batteries=tuple(BatteryModel(
-                      id=b.id, capacity_wh=b.capacity_wh, max_charge_w=b.max_charge_w,
-                      max_discharge_w=b.max_discharge_w, soc_min=b.soc_min, soc_max=b.soc_max,
-                      charge_efficiency=b.charge_efficiency,
-                      discharge_efficiency=b.discharge_efficiency) for b in self.batteries)),
-            steps=self.steps, step_s=d.step_s,
-            weights=Weights(curtailment_per_wh=d.curtailment_weight_per_wh,
-                            battery_wear_per_wh=d.battery_wear_weight_per_wh,
-                            soc_target=d.soc_target, soc_target_per_wh=d.soc_target_weight_per_wh,
-                            export_peak_per_w=d.export_peak_weight_per_w))
+        self.dispatcher = dispatcher_for(config)
+        self.steps = self.dispatcher.steps
+        # perfect foresight (comparison runs): (start, steps) -> actual means per series [W]
+        self.oracle: Any = None
+        self._solving: asyncio.Future[Schedule] | None = None
+        self._out_of_service: frozenset[str] = frozenset()
         self.enforce_params = EnforceParams(margin_ratio=config.control.margin_ratio,
                                             soc_taper_s=config.control.soc_taper_s)
         self._envelope: dict[str, pd.Series] = {}
@@ -180,7 +172,8 @@ class Controller:
         self._io = ThreadPoolExecutor(1, thread_name_prefix="vpp-storage")
         self._next_forecast: datetime | None = None
         self._last_short_term: datetime | None = None
-        self._caps: list[tuple[datetime, float]] = []  # grid instructions: (effective, cap)
+        self.instructions = GridInstructions(export_cap_w=config.pcc.export_cap_w,
+                                             import_limit_w=config.pcc.import_limit_w)
         self._replan = asyncio.Event()  # set: plan now, not at the next interval
         self._beat_withheld = False
         self._implausible: set[str] = set()  # assets whose readings their ratings rule out
@@ -345,27 +338,33 @@ class Controller:
     def instruct_cap(self, effective: datetime, export_cap_w: float) -> None:
         """A grid instruction: from ``effective`` on, the export cap is ``export_cap_w``
         [W]. Plans made from now on keep it; enforcement meets it as it takes effect."""
-        if not export_cap_w > 0:
-            raise ValueError(f"export_cap_w must be > 0 W, got {export_cap_w}")
-        self._caps = sorted([*(c for c in self._caps if c[0] != effective),
-                             (effective, export_cap_w)])
+        self.instructions.set_cap(effective, export_cap_w)
         log.info("export cap %.1f MW from %s", export_cap_w / 1e6, effective.isoformat())
         self._replan.set()
 
+    def instruct_demand_response(self, dr: DemandResponse) -> None:
+        """A grid instruction: reduce export and/or import by the given amounts in a window."""
+        self.instructions.add_demand_response(dr)
+        log.info("demand response %s to %s: export -%.1f MW, import -%.1f MW",
+                 dr.start.isoformat(), dr.end.isoformat(), dr.export_reduction_w / 1e6,
+                 dr.import_reduction_w / 1e6)
+        self._replan.set()
+
+    def instruct_export_profile(self, profile: ExportProfile) -> None:
+        """A grid instruction: export this profile where the cap allows."""
+        self.instructions.set_profile(profile)
+        log.info("export profile of %d steps from %s", len(profile.export_w),
+                 profile.start.isoformat())
+        self._replan.set()
+
     def export_cap_at(self, t: datetime) -> float:
-        """The cap in force at ``t`` [W]: the last instruction effective by then, else the
-        configured cap."""
-        cap = self.config.pcc.export_cap_w
-        for effective, c in self._caps:
-            if effective > t:
-                break
-            cap = c
-        return cap
+        """The cap in force at ``t`` [W]: the last cap instruction effective by then (else
+        the configured cap), less any demand response in force."""
+        return self.instructions.cap_at(t)
 
     def lowest_cap_w(self) -> float:
         """The lowest cap in force now or instructed for later [W]."""
-        now = self.clock.now()
-        return min([self.export_cap_at(now), *(c for t, c in self._caps if t > now)])
+        return self.instructions.lowest_cap_from(self.clock.now())
 
     async def write_fallback_limits(self, *, only_if_changed: bool = False) -> None:
         """Give each generator that has one a fallback limit: its share of the cap, applied
@@ -492,7 +491,8 @@ class Controller:
                 id=g.id, output_w=out if out is not None else self._last_output.get(g.id, 0.0),
                 potential_w=self._potential(g, now), rated_power_w=g.rated_power_w,
                 limit_w=limit if limit is not None else written.get(g.id, g.rated_power_w),
-                controllable=usable))
+                controllable=usable, max_step_w=np.inf if g.ramp_rate_w_per_s is None
+                else g.ramp_rate_w_per_s * self.control_interval_s))
         bats = []
         for b in self.batteries:
             dev = self.devices[b.id]
@@ -507,6 +507,8 @@ class Controller:
                 max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w,
                 soc_min=b.soc_min, soc_max=b.soc_max, planned_w=self._planned(b.id, now),
                 controllable=usable))
+        flexes = self._flex_now(polled, now)
+        self._note_availability(gens, bats, flexes)
         estimated = export is None
         if estimated:
             export = self._export_from_devices(polled, gens, bats)
@@ -520,18 +522,65 @@ class Controller:
             params = dataclasses.replace(
                 params, margin_ratio=params.margin_ratio + ESTIMATE_MARGIN_RATIO)
         cmd = enforce(export_w=export, cap_w=cap, generators=gens, batteries=bats,
-                      params=params)
+                      params=params, flex_loads=flexes)
         if estimated:
             cmd.notes.append("PCC meter lost: export estimated from every device's reading")
-        await self._apply(cmd, gens, bats)
+        await self._apply(cmd, gens, bats, flexes)
         st = self.state
         st.export_w, st.command, st.last_step_at = export, cmd, now
         st.control_steps += 1
-        if st.schedule is None or st.schedule.step_at(now) is None:
+        if st.schedule is None or st.schedule.step_at(now) is None or st.plan_source in (
+                LAST_GOOD, RULE_BASED):
             st.fallback_steps += 1
             if self.metrics is not None:
                 self.metrics.fallbacks.inc()
         self._record(now, export)
+
+    def _flex_now(self, polled: set[str], now: datetime) -> list[FlexNow]:
+        """The flexible loads the plan steers (none with the reactive planner: their own
+        timers run them), as the enforcement step takes them."""
+        if self.config.dispatch.planner == REACTIVE:
+            return []
+        out = []
+        for ld in self.flex_loads:
+            dev = self.devices[ld.id]
+            p, due, status = (dev.value("active_power_w"), dev.value("energy_due_wh"),
+                              dev.value("status"))
+            assert ld.flexible is not None
+            p = self._plausible(ld.id, p, -(1 + PLAUSIBLE_RATIO) * ld.flexible.max_w,
+                                PLAUSIBLE_RATIO * ld.flexible.max_w)
+            usable = ld.id in polled and p is not None and due is not None
+            done = status is not None and int(status) in (FLEX_DONE, FLEX_MISSED)
+            out.append(FlexNow(id=ld.id, draw_w=max(0.0, -(p or 0.0)), max_w=ld.flexible.max_w,
+                               due_wh=0.0 if done or due is None else due,
+                               planned_draw_w=self._planned_flex(ld, now),
+                               controllable=usable))
+        return out
+
+    def _planned_flex(self, ld: LoadAsset, now: datetime) -> float:
+        """The plan's draw for this step [W, positive]; below the load's least running
+        power it runs at that power or not at all, whichever is nearer."""
+        sch = self.state.schedule
+        k = None if sch is None else sch.step_at(now)
+        if sch is None or k is None or ld.id not in sch.flex_w or ld.flexible is None:
+            return 0.0
+        draw = float(sch.flex_w[ld.id][k])
+        least = ld.flexible.min_w
+        if draw < least:
+            return least if draw >= least / 2 else 0.0
+        return draw
+
+    def _note_availability(self, gens: list[GeneratorNow], bats: list[BatteryNow],
+                           flexes: list[FlexNow]) -> None:
+        """An asset lost or back changes the plan's numbers: re-plan at once."""
+        out = frozenset([*(g.id for g in gens if not g.controllable),
+                         *(b.id for b in bats if not b.controllable),
+                         *(f.id for f in flexes if not f.controllable)])
+        if out != self._out_of_service:
+            lost, back = sorted(out - self._out_of_service), sorted(self._out_of_service - out)
+            log.info("assets out of control %s, back %s: re-planning", lost, back)
+            self._out_of_service = out
+            self._replan.set()
 
     def _export_from_devices(self, polled: set[str], gens: list[GeneratorNow],
                              bats: list[BatteryNow]) -> float | None:
@@ -575,7 +624,8 @@ class Controller:
         return (fresh and written is not None and abs(new - written) <= band
                 and readback is not None and abs(new - readback) <= band)
 
-    async def _apply(self, cmd: Command, gens: list[GeneratorNow], bats: list[BatteryNow]) -> None:
+    async def _apply(self, cmd: Command, gens: list[GeneratorNow], bats: list[BatteryNow],
+                     flexes: list[FlexNow]) -> None:
         """Write what changed: first what lowers export; what raises it only if that worked."""
         lower: list[tuple[str, str, float]] = []
         raise_: list[tuple[str, str, float]] = []
@@ -591,6 +641,14 @@ class Controller:
             if not b.controllable or self._unchanged(b.id, new, readback, scale):
                 continue
             (lower if new < b.power_w else raise_).append((b.id, "power_setpoint_w", new))
+        for f in flexes:
+            draw = cmd.flex_draw_w[f.id]
+            readback = self.devices[f.id].value("power_setpoint_w")
+            if not f.controllable or self._unchanged(
+                    f.id, -draw, readback, f.max_w):
+                continue
+            # generator convention on the wire: drawing is negative; more draw lowers export
+            (lower if draw > f.draw_w else raise_).append((f.id, "power_setpoint_w", -draw))
         ok = await asyncio.gather(*(self._write(a, p, v) for a, p, v in lower))
         if not all(ok):
             log.warning("a write that lowers export failed: export-raising writes wait a step")
@@ -641,8 +699,8 @@ class Controller:
         for g in self.generators:
             # forecasts learn what the plant could give, never a curtailed output
             add(g.id, self.devices[g.id].value("available_power_w"))
-        if self.loads:
-            vals = [self.devices[ld.id].value("active_power_w") for ld in self.loads]
+        if self.base_loads:  # the county load: flexible loads are planned, not forecast
+            vals = [self.devices[ld.id].value("active_power_w") for ld in self.base_loads]
             if all(v is not None for v in vals):
                 add("load", -sum(v for v in vals if v is not None))
         add("export", export)
@@ -781,7 +839,9 @@ class Controller:
                     qos=1, retain=True)
 
     def dispatch_inputs(self, start: datetime) -> DispatchInputs:
-        """The solve's numbers from the latest forecasts, aligned on the plan's steps."""
+        """The solve's numbers from the latest forecasts (or, for comparison runs, the
+        oracle's actuals), the devices' state and the grid's instructions, on the plan's
+        steps."""
         d, fcq = self.config.dispatch, self.config.forecasting.quantiles
         T = self.steps
 
@@ -798,58 +858,119 @@ class Controller:
             return np.asarray(arr[:T], dtype=float)
 
         gens = [g.id for g in self.generators]
+        if self.oracle is not None:
+            actual = self.oracle(start, T)
+            low = mid = high = {g: actual[g] for g in gens}
+            load_low = load_mid = load_high = actual.get("load", np.zeros(T))
+        else:
+            low = {g: aligned(g, 1 - d.generation_quantile) for g in gens}
+            mid = {g: aligned(g, 0.5) for g in gens}
+            high = {g: aligned(g, d.generation_quantile) for g in gens}
+            load_low, load_mid = aligned("load", d.load_quantile), aligned("load", 0.5)
+            load_high = aligned("load", 1 - d.load_quantile)
         soc = {}
         for b in self.batteries:
             v = self.devices[b.id].value("soc")
             soc[b.id] = v if v is not None else b.soc_min
+        windows = {}
+        for ld in self.flex_loads:
+            dev = self.devices[ld.id]
+            status, due = dev.value("status"), dev.value("energy_due_wh")
+            if status is not None and int(status) in (FLEX_DONE, FLEX_MISSED):
+                due = 0.0
+            windows[ld.id] = flex_windows(ld, start=start, steps=T, step_s=d.step_s,
+                                          tz=self.config.site.timezone, due_today_wh=due)
+        cap, imp, track = self.instructions.step_values(start, T, d.step_s)
+        out = self._out_of_service
         return DispatchInputs(
-            start=start,
-            gen_low_w={g: aligned(g, 1 - d.generation_quantile) for g in gens},
-            gen_mid_w={g: aligned(g, 0.5) for g in gens},
-            gen_high_w={g: aligned(g, d.generation_quantile) for g in gens},
-            load_low_w=aligned("load", d.load_quantile), load_mid_w=aligned("load", 0.5),
-            load_high_w=aligned("load", 1 - d.load_quantile),
-            export_cap_w=np.array([  # the lowest cap in force during each step
-                min(self.export_cap_at(start + timedelta(seconds=k * d.step_s)),
-                    self.export_cap_at(start + timedelta(seconds=(k + 1) * d.step_s - 1)))
-                for k in range(T)]),
-            import_limit_w=np.full(T, self.config.pcc.import_limit_w), soc=soc)
+            start=start, gen_low_w=low, gen_mid_w=mid, gen_high_w=high,
+            load_low_w=load_low, load_mid_w=load_mid, load_high_w=load_high,
+            export_cap_w=cap, import_limit_w=imp, soc=soc, track_export_w=track,
+            flex_windows=windows,
+            batteries_out=frozenset(b.id for b in self.batteries if b.id in out),
+            generators_uncontrolled=frozenset(g for g in gens if g in out),
+            flex_out=frozenset(x.id for x in self.flex_loads if x.id in out),
+            forecast_issued_at={k: f.issued_at for k, f in self.state.forecasts.items()})
 
     async def solve(self, now: datetime) -> Schedule:
+        """Plan: solve, or fall back (last good plan, then rules); see :mod:`vpp.fallback`."""
         d = self.config.dispatch
-        inputs = self.dispatch_inputs(_floor(now, d.step_s))
+        start = _floor(now, d.step_s)
+        inputs = self.dispatch_inputs(start)
+        if d.planner == REACTIVE:
+            return self._adopt(self._reactive_plan(inputs, now), None)
+        if self._solving is not None and not self._solving.done():
+            sch = Schedule(created_at=now, start=start, step_s=d.step_s,
+                           status=SolveStatus.TIME_LIMIT, solver=d.solver, solve_time_s=0.0,
+                           inputs=inputs, message="the previous solve is still running")
+            return self._adopt(None, sch)
         loop = asyncio.get_running_loop()
-        sch = await loop.run_in_executor(
+        self._solving = loop.run_in_executor(
             self._compute, lambda: self.dispatcher.solve(
                 inputs, solvers=(d.solver, *d.fallback_solvers), time_limit_s=d.time_limit_s,
                 created_at=now))
-        self.state.last_solve = sch
-        if sch.status.usable:
-            self.state.schedule = sch
-        else:
-            log.warning("dispatch %s (%s): keeping the last good plan", sch.status, sch.message)
+        try:
+            # wall seconds: the solve runs on the machine's time, not the clock's
+            sch = await asyncio.wait_for(asyncio.shield(self._solving), timeout=d.late_s)
+        except TimeoutError:
+            sch = Schedule(created_at=now, start=start, step_s=d.step_s,
+                           status=SolveStatus.TIME_LIMIT, solver=d.solver, solve_time_s=d.late_s,
+                           inputs=inputs, message=f"late: no answer within {d.late_s:g} s")
+        except Exception as exc:  # a solver that crashes is a failed solve, never a stop
+            log.exception("dispatch solve raised")
+            sch = Schedule(created_at=now, start=start, step_s=d.step_s,
+                           status=SolveStatus.ERROR, solver=d.solver, solve_time_s=0.0,
+                           inputs=inputs, message=f"{type(exc).__name__}: {exc}")
+        return self._adopt(sch if sch.status.usable else None, sch)
+
+    def _reactive_plan(self, inputs: DispatchInputs, now: datetime) -> Schedule:
+        """The reactive limiter's 'plan': batteries idle unless the real-time loop needs
+        them, no limits planned, flexible loads on their own timers."""
+        plan = rule_based_plan(self.dispatcher.fleet, inputs, step_s=self.dispatcher.step_s,
+                               created_at=now, reason="reactive planner: no optimisation")
+        zero = {k: np.zeros_like(v) for k, v in plan.battery_w.items()}
+        return dataclasses.replace(plan, battery_w=zero, source=REACTIVE, solver="none")
+
+    def _adopt(self, plan: Schedule | None, solve: Schedule | None) -> Schedule:
+        """Put a plan in force: the solved one, else the fallback chain's; report it."""
+        now = self.clock.now()
+        if solve is not None:
+            self.state.last_solve = solve
+            if not solve.status.usable:
+                log.warning("dispatch %s (%s)", solve.status, solve.message)
+        reason = ""
+        if plan is None:
+            assert solve is not None
+            reason = f"{solve.status.value}: {solve.message}".rstrip(": ")
+            plan = last_good(self.state.schedule, now)
+            if plan is None:
+                assert solve.inputs is not None
+                plan = rule_based_plan(self.dispatcher.fleet, solve.inputs,
+                                       step_s=self.dispatcher.step_s, created_at=now,
+                                       reason=reason)
+        previous = self.state.plan_source
+        self.state.schedule, self.state.plan_source = plan, plan.source
+        self.state.plan_fallback_reason = reason
+        if plan.source != previous and plan.source in (LAST_GOOD, RULE_BASED):
+            log.error("dispatch fallback: %s plan in force (%s)", plan.source, reason)
+        elif previous in (LAST_GOOD, RULE_BASED) and plan.source == OPTIMAL:
+            log.warning("dispatch: optimal plans again")
         m = self.metrics
         if m is not None:
-            m.solves[sch.status.value].inc()
-            m.solve_duration.set(sch.solve_time_s)
+            if solve is not None:
+                m.solves[solve.status.value].inc()
+                m.solve_duration.set(solve.solve_time_s)
+            m.plan_source.state(plan.source)
+        if self.mqtt is not None and plan.source != previous:
+            active = plan.source in (LAST_GOOD, RULE_BASED)
+            self.mqtt.publish("alarm/dispatch_fallback", {
+                "active": active, "source": plan.source, "reason": reason, "at": now},
+                qos=1, retain=True)
         if self.storage is not None:
-            self._store(self.storage.write_schedule, sch)
-        if self.mqtt is not None and sch.status.usable:
-            self.mqtt.publish("schedule", schedule_payload(sch), qos=1, retain=True)
-        return sch
-
-
-def schedule_payload(sch: Schedule) -> dict[str, Any]:
-    """A schedule as JSON-ready data (used by MQTT and the API)."""
-    return {
-        "created_at": sch.created_at, "start": sch.start, "step_s": sch.step_s,
-        "status": sch.status.value, "solver": sch.solver, "solve_time_s": sch.solve_time_s,
-        "objective": sch.objective if sch.status.usable else None, "terms": sch.terms,
-        "battery_w": sch.battery_w, "soc": sch.soc, "gen_limit_w": sch.gen_limit_w,
-        "expected_curtailment_w": sch.expected_curtailment_w,
-        "export_worst_w": sch.export_worst_w, "export_expected_w": sch.export_expected_w,
-        "export_cap_w": sch.export_cap_w, "message": sch.message,
-    }
-
-
-
+            if solve is not None and not solve.status.usable:
+                self._store(self.storage.write_schedule, solve)
+            if plan.source != LAST_GOOD:
+                self._store(self.storage.write_schedule, plan)
+        if self.mqtt is not None and plan.source != LAST_GOOD:
+            self.mqtt.publish("schedule", schedule_payload(plan), qos=1, retain=True)
+        return plan

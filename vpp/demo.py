@@ -114,7 +114,7 @@ class Demo:
         for a in cfg.assets:
             if a.kind in ("pv", "wind"):
                 out[a.id] = frame[a.id].resample(step).mean()
-        loads = [a.id for a in cfg.assets if a.kind == "load"]
+        loads = [a.id for a in cfg.base_loads()]  # flexible loads are planned, not forecast
         if loads:
             out["load"] = -frame[loads].sum(axis=1).resample(step).mean()
         return out

@@ -41,9 +41,10 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import cvxpy as cp
 import numpy as np
@@ -126,8 +127,13 @@ class Fleet:
     flex_loads: tuple[FlexLoadModel, ...] = ()
     groups: tuple[GroupLimit, ...] = ()
 
+    @property
+    def asset_ids(self) -> list[str]:
+        return ([g.id for g in self.generators] + [b.id for b in self.batteries]
+                + [x.id for x in self.flex_loads])
+
     def __post_init__(self) -> None:
-        ids = [a.id for a in (*self.generators, *self.batteries, *self.flex_loads)]
+        ids = self.asset_ids
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"fleet: asset ids must be unique, repeated: {dup}")
@@ -478,9 +484,7 @@ class Dispatcher:
             if missing:
                 raise ValueError(f"{name}: no forecast for generators {missing}")
         unknown = sorted((inputs.batteries_out | inputs.generators_uncontrolled
-                          | inputs.flex_out) - {a.id for a in (
-                              *self.fleet.generators, *self.fleet.batteries,
-                              *self.fleet.flex_loads)})
+                          | inputs.flex_out) - set(self.fleet.asset_ids))
         if unknown:
             raise ValueError(f"out-of-service assets {unknown} are not in the fleet")
         for g in self.fleet.generators:
@@ -602,3 +606,40 @@ class Dispatcher:
             terms={k: float(v.value) for k, v in self.terms.items()},
             simultaneous_wh=both, inputs=inputs, message=note,
         )
+
+
+def schedule_inputs(sch: Schedule) -> dict[str, Any] | None:
+    """What a plan was made from: forecast vintages, SOC, caps, what was out of service."""
+    inp = sch.inputs
+    if inp is None:
+        return None
+    return {
+        "forecast_issued_at": dict(inp.forecast_issued_at), "soc": inp.soc,
+        "export_cap_w": inp.export_cap_w, "import_limit_w": inp.import_limit_w,
+        "track_export_w": None if inp.track_export_w is None else [
+            None if v != v else v for v in inp.track_export_w.tolist()],
+        "flex_windows": {k: [asdict(w) for w in v]
+                         for k, v in inp.flex_windows.items()},
+        "batteries_out": sorted(inp.batteries_out),
+        "generators_uncontrolled": sorted(inp.generators_uncontrolled),
+        "flex_out": sorted(inp.flex_out),
+    }
+
+
+def schedule_payload(sch: Schedule) -> dict[str, Any]:
+    """A schedule as JSON-ready data (used by MQTT, the API and storage)."""
+    usable = sch.status.usable and sch.objective == sch.objective
+    return {
+        "created_at": sch.created_at, "start": sch.start, "step_s": sch.step_s,
+        "status": sch.status.value, "source": sch.source, "solver": sch.solver,
+        "solve_time_s": sch.solve_time_s, "objective": sch.objective if usable else None,
+        "terms": sch.terms, "battery_w": sch.battery_w, "soc": sch.soc,
+        "gen_limit_w": sch.gen_limit_w, "expected_curtailment_w": sch.expected_curtailment_w,
+        "flex_w": sch.flex_w, "export_worst_w": sch.export_worst_w,
+        "export_expected_w": sch.export_expected_w, "export_cap_w": sch.export_cap_w,
+        "import_limit_w": sch.import_limit_w, "simultaneous_wh": sch.simultaneous_wh,
+        "inputs": schedule_inputs(sch), "message": sch.message,
+    }
+
+
+

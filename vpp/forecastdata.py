@@ -66,7 +66,7 @@ def simulated_series(config: SiteConfig, *, start: datetime, days: int, seed: in
     for a in config.assets:
         if a.kind in ("pv", "wind"):
             out[a.id] = frame[[a.id]].rename(columns={a.id: "power_w"}).join(nwp)
-    loads = [a.id for a in config.assets if a.kind == "load"]
+    loads = [a.id for a in config.base_loads()]  # flexible loads are planned, not forecast
     if loads:
         out["load"] = (-frame[loads].sum(axis=1)).to_frame("power_w").join(nwp)
     return out

@@ -48,6 +48,11 @@ class Metrics:
                                     registry=r).labels(**g)
         self._solves = Counter("vpp_dispatch_solves_total", "Dispatch solves by status",
                                ["site", "status"], registry=r)
+        self.plan_source = Enum("vpp_dispatch_plan_source", "Which plan is in force: the "
+                                "optimiser's, the last good one, the rule-based fallback, or "
+                                "none (reactive planner)", ["site"],
+                                states=["optimal", "last-good", "rule-based", "reactive"],
+                                registry=r).labels(**g)
         self.fallbacks = Counter("vpp_dispatch_fallbacks_total",
                                  "Steps run on a fallback plan (last good plan or none)",
                                  ["site"], registry=r).labels(**g)

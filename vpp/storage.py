@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 
 from drivers.telemetry import Sample
 from forecasting.models import Forecast
-from vpp.dispatch import Schedule
+from vpp.dispatch import Schedule, schedule_payload
+from vpp.jsonutil import jsonable
 
 metadata = sa.MetaData()
 
@@ -150,21 +151,16 @@ class Storage:
         return out
 
     def write_schedule(self, sch: Schedule) -> None:
-        plan = {
-            "step_s": sch.step_s,
-            "battery_w": {k: v.tolist() for k, v in sch.battery_w.items()},
-            "soc": {k: v.tolist() for k, v in sch.soc.items()},
-            "gen_limit_w": {k: v.tolist() for k, v in sch.gen_limit_w.items()},
-            "export_worst_w": sch.export_worst_w.tolist(),
-            "export_expected_w": sch.export_expected_w.tolist(),
-            "terms": sch.terms, "message": sch.message,
-        }
+        """A plan, or a failed solve, with what it was made from (the explanation)."""
+        plan = {k: v for k, v in schedule_payload(sch).items()
+                if k not in ("created_at", "start", "status", "solver", "solve_time_s",
+                             "objective")}
         obj = sch.objective if sch.objective == sch.objective else None  # NaN -> NULL
         with self.engine.begin() as c:
             c.execute(schedules.insert(), [{
                 "created_at": sch.created_at, "start": sch.start, "status": sch.status.value,
                 "solver": sch.solver, "solve_time_s": sch.solve_time_s, "objective": obj,
-                "plan": json.dumps(plan)}])
+                "plan": json.dumps(jsonable(plan))}])
 
     def count(self, table: str) -> int:
         with self.engine.connect() as c:

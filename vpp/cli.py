@@ -430,6 +430,10 @@ def sim_run(
                                                 "default: the scenario's")] = None,
     speed: Annotated[float | None, typer.Option(help="time acceleration (default: the "
                                                 "scenario's)")] = None,
+    planner: Annotated[str, typer.Option(help="optimal (the controller), perfect (the same "
+                                         "model shown the actual weather and load) or "
+                                         "reactive (no plan, the real-time limiter alone)")
+                       ] = "optimal",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Play a scenario against the real controller over Modbus TCP; write the report and
@@ -441,7 +445,7 @@ def sim_run(
     from vpp.demo import write_report
     from vpp.live import LiveView
     from vpp.simplots import write_plots
-    from vpp.simrun import ScenarioRun
+    from vpp.simrun import PLANNERS, ScenarioRun, with_planner
     try:
         sc = load_scenario(scenario)
     except ScenarioError as exc:
@@ -450,9 +454,12 @@ def sim_run(
     if speed is not None and not 0 < speed <= 10_000:
         err.print(f"--speed {speed} is not allowed: use a value in (0, 10000]")
         raise typer.Exit(2)
-    cfg = _load(config or _scenario_config(scenario, sc.config))
+    if planner not in PLANNERS:
+        err.print(f"--planner {planner} is not allowed: use one of {', '.join(PLANNERS)}")
+        raise typer.Exit(2)
+    cfg = with_planner(_load(config or _scenario_config(scenario, sc.config)), planner)
     try:
-        run = ScenarioRun(sc, cfg, speed=speed)
+        run = ScenarioRun(sc, cfg, speed=speed, perfect_foresight=planner == "perfect")
     except ValueError as exc:
         err.print(f"scenario {sc.name} does not fit {cfg.site.id}: {exc}", highlight=False)
         raise typer.Exit(1) from None

@@ -220,8 +220,9 @@ class DispatchSection(_Frozen):
     horizon_h: float = Field(default=24.0, gt=0, le=72)
     step_s: int = Field(default=900, ge=60, le=3600)
     interval_s: float = Field(default=300.0, gt=0, description="re-solve period")
-    planner: Literal["optimal", "rule-based"] = Field(
-        default="optimal", description="rule-based: no optimisation (for comparison runs)")
+    planner: Literal["optimal", "reactive"] = Field(
+        default="optimal",
+        description="reactive: no plan, the real-time limiter alone (for comparison runs)")
     solver: Solver = "HIGHS"
     fallback_solvers: tuple[Solver, ...] = ("CLARABEL",)
     time_limit_s: float = Field(default=10.0, gt=0)

@@ -57,6 +57,7 @@ class DemoOptions:
     ephemeral_ports: bool = False  # tests: let the OS choose every port
     data_dir: Path | None = None
     adjust_spec: Callable[[PlantSpec], PlantSpec] | None = None  # a scenario's changes
+    perfect_foresight: bool = False  # comparison runs: the planner sees the actual weather
 
 
 class Demo:
@@ -119,6 +120,22 @@ class Demo:
             out["load"] = -frame[loads].sum(axis=1).resample(step).mean()
         return out
 
+    def actuals(self, start: datetime, steps: int) -> dict[str, np.ndarray]:
+        """What the plant's weather and base loads will do over a plan's steps (step means,
+        W; ``load`` positive): the perfect forecast, for comparison runs."""
+        step_s = self.config.dispatch.step_s
+        t0 = start.timestamp()
+        frame = self.sim.plant.weather.frame(t0, t0 + steps * step_s)
+        means = frame.resample(f"{step_s}s", origin=pd.Timestamp(t0, unit="s", tz="UTC")).mean()
+        means = means.reindex(pd.date_range(pd.Timestamp(t0, unit="s", tz="UTC"),
+                                            periods=steps, freq=f"{step_s}s")).ffill().fillna(0.0)
+        out = {a.id: means[a.id].to_numpy(dtype=float)
+               for a in self.config.assets if a.kind in ("pv", "wind")}
+        loads = [a.id for a in self.config.base_loads()]
+        out["load"] = (-means[loads].sum(axis=1).to_numpy(dtype=float) if loads
+                       else np.zeros(steps))
+        return out
+
     def weather_issues(self) -> list[pd.DataFrame]:
         """The weather forecasts issued over the past days, as the site's archive has them."""
         every = self.sim.forecaster.nwp.issue_every_h * 3600.0
@@ -137,7 +154,8 @@ class Demo:
                                  control_interval_s=self.control_interval_s,
                                  ephemeral_ports=self.options.ephemeral_ports,
                                  data_dir=self.options.data_dir, history=self.history_frame(),
-                                 weather_issues=self._weather_issues)
+                                 weather_issues=self._weather_issues,
+                                 oracle=self.actuals if self.options.perfect_foresight else None)
         try:
             await self.services.__aenter__()
         except BaseException:

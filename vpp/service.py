@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 
@@ -47,8 +50,10 @@ class Services:
     def __init__(self, config: SiteConfig, *, clock: Clock, control_interval_s: float | None = None,
                  ephemeral_ports: bool = False, data_dir: Path | None = None,
                  history: pd.DataFrame | None = None,
-                 weather_issues: list[pd.DataFrame] | None = None) -> None:
+                 weather_issues: list[pd.DataFrame] | None = None,
+                 oracle: Callable[[datetime, int], dict[str, np.ndarray]] | None = None) -> None:
         self.config = config
+        self.oracle = oracle  # comparison runs: the planner is shown the actuals
         self.clock = clock
         self.control_interval_s = control_interval_s
         self.ephemeral_ports = ephemeral_ports
@@ -108,6 +113,7 @@ class Services:
                           version=__version__) if cfg.metrics.enabled else None
         self.controller = Controller(cfg, clock=self.clock, storage=self.storage, mqtt=self.mqtt,
                                      metrics=metrics, control_interval_s=self.control_interval_s)
+        self.controller.oracle = self.oracle
         if self.history is not None:
             self.controller.seed_history(self.history)
         for issue in self.weather_issues:  # the weather forecasts archived before the start

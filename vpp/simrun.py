@@ -26,6 +26,15 @@ from vpp.demo import Demo, DemoOptions
 
 log = logging.getLogger(__name__)
 
+PLANNERS = ("optimal", "perfect", "reactive")  # what a scenario can be played with
+
+
+def with_planner(config: SiteConfig, planner: str) -> SiteConfig:
+    """The configuration for a comparison run: ``perfect`` is the optimal planner (shown
+    the actuals by :class:`ScenarioRun`), ``reactive`` has no plan."""
+    d = config.dispatch.model_copy(update={
+        "planner": "reactive" if planner == "reactive" else "optimal"})
+    return config.model_copy(update={"dispatch": d})
 
 
 def scenario_config(config: SiteConfig, scenario: Scenario) -> SiteConfig:
@@ -74,13 +83,16 @@ class ScenarioRun:
 
     def __init__(self, scenario: Scenario, config: SiteConfig, *, speed: float | None = None,
                  ephemeral_ports: bool = False, data_dir: Path | None = None,
-                 control_interval_s: float | None = None) -> None:
+                 control_interval_s: float | None = None,
+                 perfect_foresight: bool = False) -> None:
         self.scenario = scenario
+        self.planner = "perfect" if perfect_foresight else config.dispatch.planner
         self.demo = Demo(scenario_config(config, scenario), DemoOptions(
             hours=scenario.duration_h + scenario.warmup_s / 3600.0,
             speed=speed or scenario.speed, seed=scenario.seed,
             ephemeral_ports=ephemeral_ports, data_dir=data_dir,
-            control_interval_s=control_interval_s, adjust_spec=scenario_spec(scenario)))
+            control_interval_s=control_interval_s, adjust_spec=scenario_spec(scenario),
+            perfect_foresight=perfect_foresight))
         self.injector = FaultInjector(self.demo.sim, scenario)
         self.forecasts = ForecastRecorder()
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,6 +160,7 @@ class ScenarioRun:
             "end": (sc.start + timedelta(hours=rep["sim_hours"])).isoformat(),
             "warmup_s": sc.warmup_s,
             "scenario": sc.name,
+            "planner": self.planner,
             "scenario_description": sc.description,
             "cap_changes": [{"at": sc.at(c.at_h).isoformat(), "export_cap_w": c.export_cap_w,
                              "notice_s": c.notice_s} for c in sc.cap],

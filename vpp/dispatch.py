@@ -12,19 +12,22 @@ draw. Three forecast scenarios bound the plan:
   at its high quantile.
 
 Every constraint has a name (``Dispatcher.constraints``); every objective term too
-(``Schedule.terms``, all in Wh-equivalents): curtailment first, then battery wear, a soft
+(``Schedule.terms``, all in Wh-equivalents): curtailment first (and the batteries' losses,
+priced the same), then battery wear, a soft
 end-of-horizon SOC target, the worst-case export peak, the export ramp beyond its limit,
 the error against a requested export profile, and large prices on what may not happen
 but must never make the problem infeasible: import over its limit, a flexible load's
 energy not served by its deadline, and export over the cap when generation cannot be
 curtailed (a generator out of control runs free, ``u = gen_high``).
 
-Charging and discharging at once cannot pay: it moves no energy across the PCC, loses
-``(1 − η_c·η_d)`` of what goes round and costs the wear weight twice. Absorbing one Wh at
-the PCC that way costs ``wear × (1 + η_c·η_d) / (1 − η_c·η_d)`` (≈ 1.17 Wh-equivalents at
-the defaults, 95 %/95 %), more than curtailing it (1.0) or any soft term but the
-never-happen prices; ``tests/vpp/test_dispatch.py`` checks that no plan does it, and
-:attr:`Schedule.simultaneous_wh` reports it if one ever did.
+The energy a battery loses going round (``(1 − η_c)`` of a charge, ``(1/η_d − 1)`` of a
+discharge) is wasted renewable energy, priced like curtailment (``battery_losses``). So
+charging and discharging at once cannot pay while any generation can be curtailed:
+charging ``c`` while discharging ``η_c·η_d·c`` absorbs ``(1 − η_c·η_d)·c`` at the PCC and
+loses exactly that, at the curtailment price, plus wear on ``(1 + η_c·η_d)·c``; curtailing
+the same energy costs the price alone. Whatever the efficiencies and the wear weight, no
+plan does it (``tests/vpp/test_dispatch.py`` checks, and :attr:`Schedule.simultaneous_wh`
+reports it if one ever did) unless nothing else can keep the cap.
 
 Device faults change numbers, not the model: a battery out of service gets zero power
 limits, a generator out of control a floor at its high forecast. The model is rebuilt
@@ -183,6 +186,8 @@ class DispatchInputs:
     batteries_out: frozenset[str] = frozenset()  # out of service: no power
     generators_uncontrolled: frozenset[str] = frozenset()  # run free: no limit holds
     flex_out: frozenset[str] = frozenset()
+    # (charge, discharge) a battery can do now [W] where its BMS derates it (at most rated)
+    battery_limits_w: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     forecast_issued_at: Mapping[str, datetime] = field(default_factory=dict)  # explain
 
 
@@ -227,6 +232,32 @@ class Schedule:
         return k if 0 <= k < self.steps else None
 
 
+def check_assets(fleet: Fleet, inputs: DispatchInputs, steps: int) -> None:
+    """Every generator has its three forecasts, ``steps`` finite numbers each; every asset
+    named out of service is in the fleet. Raises ValueError naming what is wrong."""
+    T = steps
+    for name, d in (("gen_low_w", inputs.gen_low_w), ("gen_mid_w", inputs.gen_mid_w),
+                    ("gen_high_w", inputs.gen_high_w)):
+        missing = sorted({g.id for g in fleet.generators} - set(d))
+        if missing:
+            raise ValueError(f"{name}: no forecast for generators {missing}")
+        for g in fleet.generators:
+            a = np.asarray(d[g.id], dtype=float)
+            if a.shape != (T,):
+                raise ValueError(f"{name}[{g.id}]: expected {T} steps, got shape {a.shape}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"{name}[{g.id}]: contains NaN or infinite values "
+                                 f"(first at step {int(np.argmax(~np.isfinite(a)))})")
+    unknown = sorted((inputs.batteries_out | inputs.generators_uncontrolled
+                      | inputs.flex_out | set(inputs.battery_limits_w))
+                     - set(fleet.asset_ids))
+    if unknown:
+        raise ValueError(f"out-of-service assets {unknown} are not in the fleet")
+    for b in fleet.batteries:
+        if b.id not in inputs.soc or not math.isfinite(float(inputs.soc[b.id])):
+            raise ValueError(f"soc[{b.id}]: {inputs.soc.get(b.id)} is not a number")
+
+
 @contextlib.contextmanager
 def _quiet_stdout_fd() -> Iterator[None]:
     """Silence file descriptor 1 (C libraries print past Python's sys.stdout)."""
@@ -260,7 +291,9 @@ def _solver_options(solver: str, time_limit_s: float) -> dict[str, object]:
     if solver == "HIGHS":
         return {"time_limit": time_limit_s, "output_flag": False}
     if solver == "CLARABEL":
-        return {"time_limit": time_limit_s}
+        # the LP's numbers are W and Wh (1e6-1e8): Clarabel's default static regularisation
+        # (1e-8) then moves its "optimal" point by percent of the objective; 1e-12 does not
+        return {"time_limit": time_limit_s, "static_regularization_constant": 1e-12}
     return {}
 
 
@@ -448,6 +481,10 @@ class Dispatcher:
                 [cp.sum(c) for c in self.curt.values()]),
             "battery_wear": w.battery_wear_per_wh * dt_h * total(
                 [cp.sum(self.ch[b] + self.dis[b]) for b in self.ch]),
+            "battery_losses": w.curtailment_per_wh * dt_h * total(
+                [cp.sum((1 - b.charge_efficiency) * self.ch[b.id]
+                        + (1 / b.discharge_efficiency - 1) * self.dis[b.id])
+                 for b in self.fleet.batteries]),
             "soc_target": w.soc_target_per_wh * total(list(self.soc_dev.values())),
             "export_peak": w.export_peak_per_w * self.peak,
             "export_ramp": w.export_ramp_per_wh * dt_h * cp.sum(self.ramp_slack),
@@ -478,15 +515,7 @@ class Dispatcher:
                                  f"(first at step {int(np.argmax(bad))})")
             return np.asarray(np.clip(a, 0.0, None), dtype=float) if not allow_nan else a
 
-        for name, d in (("gen_low_w", inputs.gen_low_w), ("gen_mid_w", inputs.gen_mid_w),
-                        ("gen_high_w", inputs.gen_high_w)):
-            missing = sorted({g.id for g in self.fleet.generators} - set(d))
-            if missing:
-                raise ValueError(f"{name}: no forecast for generators {missing}")
-        unknown = sorted((inputs.batteries_out | inputs.generators_uncontrolled
-                          | inputs.flex_out) - set(self.fleet.asset_ids))
-        if unknown:
-            raise ValueError(f"out-of-service assets {unknown} are not in the fleet")
+        check_assets(self.fleet, inputs, T)
         for g in self.fleet.generators:
             lo = arr(inputs.gen_low_w[g.id], f"gen_low_w[{g.id}]")
             mid = np.maximum(arr(inputs.gen_mid_w[g.id], f"gen_mid_w[{g.id}]"), lo)
@@ -515,16 +544,15 @@ class Dispatcher:
             self.p_track_on.value = on.astype(float)
         for b in self.fleet.batteries:
             soc = float(inputs.soc[b.id])
-            if not math.isfinite(soc):
-                raise ValueError(f"soc[{b.id}]: {soc} is not a number")
             clipped = min(max(soc, b.soc_min), b.soc_max)
             if clipped != soc:
                 notes.append(f"{b.id}: SOC {soc:.3f} outside [{b.soc_min}, {b.soc_max}], "
                              f"planned from {clipped:.3f}")
             self.p_e0[b.id].value = clipped * b.capacity_wh
             out = b.id in inputs.batteries_out
-            self.p_ch_max[b.id].value = 0.0 if out else b.max_charge_w
-            self.p_dis_max[b.id].value = 0.0 if out else b.max_discharge_w
+            ch_w, dis_w = inputs.battery_limits_w.get(b.id, (b.max_charge_w, b.max_discharge_w))
+            self.p_ch_max[b.id].value = 0.0 if out else min(max(ch_w, 0.0), b.max_charge_w)
+            self.p_dis_max[b.id].value = 0.0 if out else min(max(dis_w, 0.0), b.max_discharge_w)
             if out:
                 notes.append(f"{b.id}: out of service, planned idle")
         for x in self.fleet.flex_loads:

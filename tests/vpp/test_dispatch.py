@@ -135,7 +135,7 @@ def check_physics(sch: Schedule, d: Dispatcher, *, tol_w: float = W_TOL) -> None
     assert sch.steps == T
 
     # batteries: one direction at a time, within power and SOC limits, SOC from net power
-    assert sch.simultaneous_wh == pytest.approx(0.0, abs=1.0), (
+    assert sch.simultaneous_wh == pytest.approx(0.0, abs=max(1.0, tol_w * T * dt_h)), (
         f"simultaneous charge and discharge: {sch.simultaneous_wh:.0f} Wh")
     for b in fleet.batteries:
         net = sch.battery_w[b.id]
@@ -231,6 +231,11 @@ def check_physics(sch: Schedule, d: Dispatcher, *, tol_w: float = W_TOL) -> None
             w.curtailment_per_wh),
         "battery_wear": (w.battery_wear_per_wh * dt_h * sum(
             float(np.abs(p).sum()) for p in sch.battery_w.values()), w.battery_wear_per_wh),
+        "battery_losses": (w.curtailment_per_wh * dt_h * sum(
+            float(((1 - b.charge_efficiency) * np.clip(-sch.battery_w[b.id], 0, None)
+                   + (1 / b.discharge_efficiency - 1)
+                   * np.clip(sch.battery_w[b.id], 0, None)).sum())
+            for b in fleet.batteries), w.curtailment_per_wh),
         "soc_target": (w.soc_target_per_wh * soc_dev, w.soc_target_per_wh),
         "export_peak": (w.export_peak_per_w * float(worst.max()), w.export_peak_per_w / dt_h),
         "export_ramp": (w.export_ramp_per_wh * dt_h * float(ramp_excess.sum()),
@@ -343,7 +348,8 @@ def matrix_lp_objective(fleet: Fleet, inp: DispatchInputs, w: Weights, *, steps:
 
     Generators: limit u (0 ≤ u ≤ min(high, rated); u = min(high, rated) out of control),
     curtailment c ≥ mid − u priced per Wh, low-case output 0 ≤ v ≤ min(u, low). Batteries:
-    charge and discharge within their power (0 out of service) and wear-priced, energy by
+    charge and discharge within their power (0 out of service), priced for wear and for
+    the energy they lose (at the curtailment price), energy by
     the efficiencies inside the SOC band, the end SOC's distance from the target priced.
     Flexible loads: 0 ≤ draw ≤ max (0 when out), each window's energy by its deadline, what
     is missing priced. The PCC: dangerous-case export ≤ cap (+ priced slack) and its peak
@@ -370,10 +376,12 @@ def matrix_lp_objective(fleet: Fleet, inp: DispatchInputs, w: Weights, *, steps:
     dis: dict[str, list[Lin]] = {}
     for b in fleet.batteries:
         out = b.id in inp.batteries_out
+        loss_ch = w.curtailment_per_wh * (1 - b.charge_efficiency)
+        loss_dis = w.curtailment_per_wh * (1 / b.discharge_efficiency - 1)
         ch[b.id] = [lp.var(0.0, 0.0 if out else b.max_charge_w,
-                           cost=w.battery_wear_per_wh * dt) for _ in range(T)]
+                           cost=(w.battery_wear_per_wh + loss_ch) * dt) for _ in range(T)]
         dis[b.id] = [lp.var(0.0, 0.0 if out else b.max_discharge_w,
-                            cost=w.battery_wear_per_wh * dt) for _ in range(T)]
+                            cost=(w.battery_wear_per_wh + loss_dis) * dt) for _ in range(T)]
         e0 = x.soc0[b.id] * b.capacity_wh
         energy = [lp.var(e0, e0)]
         for t in range(T):
@@ -500,7 +508,7 @@ def _cases() -> list[Case]:
                       Fleet(generators=(PV, WF), batteries=(BAT, BAT2), flex_loads=(EV, HEAT)),
                       900, evening, lambda s: s.terms["flex_unserved"] < NIL
                       and float(s.flex_w["ev"][4:12].sum()) * 0.25 == pytest.approx(5e6)
-                      and float(s.flex_w["ev"].max()) < EV.max_w - 1e3))
+                      and float(s.flex_w["ev"][4:12].min()) < EV.max_w - 1e3))
 
     # strong wind behind the feeder: its export limit binds
     T = 16
@@ -591,7 +599,7 @@ def test_highs_and_clarabel_agree() -> None:
     a = d.solve(inp, solvers=("HIGHS",))
     check_physics(a, d)
     b = d.solve(inp, solvers=("CLARABEL",))
-    check_physics(b, d, tol_w=10.0)  # an interior point: every slack a little off zero
+    check_physics(b, d, tol_w=25.0)  # an interior point: every slack a little off zero
     assert a.solver == "HIGHS" and b.solver == "CLARABEL"
     assert b.objective == pytest.approx(a.objective, rel=2e-3)
 
@@ -727,34 +735,31 @@ def _full_battery_under_a_tight_cap() -> DispatchInputs:
     return day_inputs(12, step_s=3600, start_h=8, soc=BAT.soc_max, cap=15e6, seed=14)
 
 
-def test_charging_and_discharging_at_once_does_not_pay_at_the_default_weights() -> None:
+@pytest.mark.parametrize("wear, eta_c, eta_d", [(0.06, 0.95, 0.95), (0.01, 0.95, 0.95),
+                                                (0.06, 0.92, 0.94), (0.01, 0.8, 0.85)])
+def test_charging_and_discharging_at_once_does_not_pay(wear: float, eta_c: float,
+                                                       eta_d: float) -> None:
     """A full battery and a cap that forces curtailment: the battery could absorb energy at
-    the PCC by charging and discharging at once, but curtailing is cheaper.
+    the PCC by charging and discharging at once, but curtailing is cheaper, whatever the
+    wear weight (above 0: at 0 the two tie) and the efficiencies.
 
     Charging c Wh while discharging η_c·η_d·c Wh keeps the SOC and absorbs (1 − η_c·η_d)·c
-    at the PCC, for wear on (1 + η_c·η_d)·c. One Wh absorbed so costs
-    wear × (1 + η_c·η_d) / (1 − η_c·η_d) = 0.06 × 1.9025 / 0.0975 ≈ 1.17 Wh-equivalents at
-    95 %/95 %, more than curtailing it (1.0 per Wh). At wear 0.01 it costs ≈ 0.20: then it
-    pays, and ``check_physics`` catches the plan.
+    at the PCC. The energy lost on the way round is exactly that much, priced like
+    curtailment (``battery_losses``), and the wear comes on top: one Wh absorbed so costs
+    1 + wear × (1 + η_c·η_d) / (1 − η_c·η_d) > 1, the price of curtailing it. (Priced by
+    wear alone it would cost 0.06 × 1.8648 / 0.1352 ≈ 0.83 < 1 at 92 %/94 %: it would pay.)
     """
-    w = Weights()
-    rt = BAT.charge_efficiency * BAT.discharge_efficiency
-    cycling = w.battery_wear_per_wh * (1 + rt) / (1 - rt)
-    assert cycling == pytest.approx(1.17, abs=5e-3) and cycling > w.curtailment_per_wh
+    w = Weights(battery_wear_per_wh=wear)
     T = 12
     inp = _full_battery_under_a_tight_cap()
-    d = Dispatcher(FLEET, steps=T, step_s=3600, weights=w)
+    fleet = replace(FLEET, batteries=(replace(BAT, charge_efficiency=eta_c,
+                                              discharge_efficiency=eta_d),))
+    d = Dispatcher(fleet, steps=T, step_s=3600, weights=w)
     sch = d.solve(inp, solvers=("HIGHS",))
     check_physics(sch, d)
     assert sch.terms["curtailment"] > 1e6  # the cap does force curtailment
     assert sch.simultaneous_wh == pytest.approx(0.0, abs=1.0)
     assert "charged and discharged" not in sch.message
-
-    cheap = Weights(battery_wear_per_wh=0.01)
-    assert cheap.battery_wear_per_wh * (1 + rt) / (1 - rt) < cheap.curtailment_per_wh
-    d_cheap = Dispatcher(FLEET, steps=T, step_s=3600, weights=cheap)
-    cycled = d_cheap.solve(inp, solvers=("HIGHS",))
-    assert cycled.simultaneous_wh > 1e6 and "charged and discharged" in cycled.message
-    assert cycled.terms["curtailment"] < sch.terms["curtailment"]
+    # and the physics check would catch a plan that did it
     with pytest.raises(AssertionError, match="simultaneous charge and discharge"):
-        check_physics(cycled, d_cheap)
+        check_physics(replace(sch, simultaneous_wh=1e6), d)

@@ -188,6 +188,9 @@ class DispatchInputs:
     flex_out: frozenset[str] = frozenset()
     # (charge, discharge) a battery can do now [W] where its BMS derates it (at most rated)
     battery_limits_w: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    # the energy a battery holds where it is less than its model's (a pool of batteries
+    # whose members change from solve to solve: vpp.aggregate)
+    battery_capacity_wh: Mapping[str, float] = field(default_factory=dict)
     forecast_issued_at: Mapping[str, datetime] = field(default_factory=dict)  # explain
 
 
@@ -249,7 +252,8 @@ def check_assets(fleet: Fleet, inputs: DispatchInputs, steps: int) -> None:
                 raise ValueError(f"{name}[{g.id}]: contains NaN or infinite values "
                                  f"(first at step {int(np.argmax(~np.isfinite(a)))})")
     unknown = sorted((inputs.batteries_out | inputs.generators_uncontrolled
-                      | inputs.flex_out | set(inputs.battery_limits_w))
+                      | inputs.flex_out | set(inputs.battery_limits_w)
+                      | set(inputs.battery_capacity_wh))
                      - set(fleet.asset_ids))
     if unknown:
         raise ValueError(f"out-of-service assets {unknown} are not in the fleet")
@@ -333,6 +337,8 @@ class Dispatcher:
         self.p_track_on = cp.Parameter(T, nonneg=True, name="track_on")
         self.p_e0 = {b.id: cp.Parameter(nonneg=True, name=f"energy0[{b.id}]")
                      for b in f.batteries}
+        self.p_capacity = {b.id: cp.Parameter(nonneg=True, name=f"capacity[{b.id}]")
+                           for b in f.batteries}
         self.p_ch_max = {b.id: cp.Parameter(nonneg=True, name=f"charge_max[{b.id}]")
                          for b in f.batteries}
         self.p_dis_max = {b.id: cp.Parameter(nonneg=True, name=f"discharge_max[{b.id}]")
@@ -406,9 +412,10 @@ class Dispatcher:
             self._add(f"energy_initial[{b.id}]", e[0] == self.p_e0[b.id])
             self._add(f"soc_balance[{b.id}]", e[1:] == e[:-1] + dt_h * (
                 b.charge_efficiency * ch - dis / b.discharge_efficiency))
-            self._add(f"soc_min[{b.id}]", e[1:] >= b.soc_min * b.capacity_wh)
-            self._add(f"soc_max[{b.id}]", e[1:] <= b.soc_max * b.capacity_wh)
-            target = self.weights.soc_target * b.capacity_wh
+            cap = self.p_capacity[b.id]
+            self._add(f"soc_min[{b.id}]", e[1:] >= b.soc_min * cap)
+            self._add(f"soc_max[{b.id}]", e[1:] <= b.soc_max * cap)
+            target = self.weights.soc_target * cap
             self._add(f"soc_target_dev_hi[{b.id}]", self.soc_dev[b.id] >= e[-1] - target)
             self._add(f"soc_target_dev_lo[{b.id}]", self.soc_dev[b.id] >= target - e[-1])
 
@@ -548,7 +555,12 @@ class Dispatcher:
             if clipped != soc:
                 notes.append(f"{b.id}: SOC {soc:.3f} outside [{b.soc_min}, {b.soc_max}], "
                              f"planned from {clipped:.3f}")
-            self.p_e0[b.id].value = clipped * b.capacity_wh
+            cap = float(inputs.battery_capacity_wh.get(b.id, b.capacity_wh))
+            if not 0 <= cap <= b.capacity_wh:
+                raise ValueError(f"battery_capacity_wh[{b.id}]: {cap} Wh; allowed 0 to "
+                                 f"{b.capacity_wh} (the model's)")
+            self.p_capacity[b.id].value = cap
+            self.p_e0[b.id].value = clipped * cap
             out = b.id in inputs.batteries_out
             ch_w, dis_w = inputs.battery_limits_w.get(b.id, (b.max_charge_w, b.max_discharge_w))
             self.p_ch_max[b.id].value = 0.0 if out else min(max(ch_w, 0.0), b.max_charge_w)
@@ -626,7 +638,8 @@ class Dispatcher:
             created_at=created, start=inputs.start, step_s=self.step_s, status=status,
             solver=solver, solve_time_s=elapsed, objective=float(self.problem.value),
             battery_w=battery,
-            soc={b.id: val(self.e[b.id]) / b.capacity_wh for b in bats},
+            soc={b.id: val(self.e[b.id]) / max(float(self.p_capacity[b.id].value), 1e-9)
+                 for b in bats},
             gen_limit_w=limits, expected_curtailment_w=curt, flex_w=flex,
             export_worst_w=np.asarray(worst), export_expected_w=np.asarray(expected),
             export_cap_w=np.asarray(self.p_cap.value, dtype=float),

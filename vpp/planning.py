@@ -9,6 +9,7 @@ import math
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+from vpp.aggregate import AggregateDispatcher
 from vpp.config import LoadAsset, SiteConfig
 from vpp.dispatch import (
     BatteryModel,
@@ -38,19 +39,24 @@ def fleet_of(config: SiteConfig) -> Fleet:
                                 max_import_w=g.max_import_w) for g in config.dispatch.groups))
 
 
-def dispatcher_for(config: SiteConfig) -> Dispatcher:
+def dispatcher_for(config: SiteConfig) -> Dispatcher | AggregateDispatcher:
+    """The site's dispatch LP: over its aggregates (the default), or asset by asset."""
     d = config.dispatch
     ramp = None if d.export_ramp_limit_ratio is None else \
         d.export_ramp_limit_ratio * config.pcc.export_cap_w
-    return Dispatcher(
-        fleet_of(config), steps=round(d.horizon_h * 3600 / d.step_s), step_s=d.step_s,
-        weights=Weights(curtailment_per_wh=d.curtailment_weight_per_wh,
-                        battery_wear_per_wh=d.battery_wear_weight_per_wh,
-                        soc_target=d.soc_target, soc_target_per_wh=d.soc_target_weight_per_wh,
-                        export_peak_per_w=d.export_peak_weight_per_w,
-                        export_ramp_per_wh=d.export_ramp_weight_per_wh,
-                        tracking_per_wh=d.tracking_weight_per_wh),
-        export_ramp_w_per_step=ramp)
+    weights = Weights(
+        curtailment_per_wh=d.curtailment_weight_per_wh,
+        battery_wear_per_wh=d.battery_wear_weight_per_wh, soc_target=d.soc_target,
+        soc_target_per_wh=d.soc_target_weight_per_wh,
+        export_peak_per_w=d.export_peak_weight_per_w,
+        export_ramp_per_wh=d.export_ramp_weight_per_wh, tracking_per_wh=d.tracking_weight_per_wh)
+    steps = round(d.horizon_h * 3600 / d.step_s)
+    if d.aggregate:
+        return AggregateDispatcher(fleet_of(config), steps=steps, step_s=d.step_s,
+                                   weights=weights, export_ramp_w_per_step=ramp,
+                                   soc_tolerance=d.aggregate_soc_tolerance)
+    return Dispatcher(fleet_of(config), steps=steps, step_s=d.step_s, weights=weights,
+                      export_ramp_w_per_step=ramp)
 
 
 def flex_windows(asset: LoadAsset, *, start: datetime, steps: int, step_s: int, tz: str,

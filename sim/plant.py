@@ -51,6 +51,8 @@ class RunStats:
     line_loss_wh: float = 0.0  # lost in the county's lines before the meter
     battery_stored_start_wh: float = 0.0
     battery_stored_end_wh: float = 0.0
+    violations: list[tuple[float, float]] = field(default_factory=list)
+    """Each plant step over the cap (beyond the tolerance): (t_s at its start, dt_s)."""
     minutes: list[tuple[float, float, float, float]] = field(default_factory=list)
     """Per simulated minute: (t_s, max export [W], uncontrolled export [W], cap [W])."""
     trace: list[dict[str, float]] = field(default_factory=list)
@@ -354,6 +356,7 @@ class Plant:
         st.uncontrolled_max_export_w = max(st.uncontrolled_max_export_w, uncontrolled)
         if export > self.export_cap_w * (1.0 + VIOLATION_TOLERANCE_RATIO):
             st.cap_violation_s += dt_s
+            st.violations.append((self.t_s, dt_s))
         self.t_s += dt_s
         if self.t_s - self._minute_start >= 60.0:
             st.minutes.append((self._minute_start, self._minute_max, self._minute_unctl,

@@ -240,6 +240,8 @@ class DispatchSection(_Frozen):
         description="expected export may change by this × pcc.export_cap_w per step")
     export_ramp_weight_per_wh: float = Field(default=0.5, ge=0)
     tracking_weight_per_wh: float = Field(default=0.05, ge=0)
+    import_weight_per_wh: float = Field(default=0.2, ge=0, description=(
+        "price of the expected import: serve the county's load from its stores first"))
     aggregate: bool = Field(default=True, description=(
         "plan over classes of assets the model cannot tell apart (vpp.aggregate)"))
     aggregate_soc_tolerance: float = Field(default=0.005, gt=0, le=0.1)

@@ -199,9 +199,14 @@ class Demo:
         await self.sim.__aexit__(None, None, None)
         self._cleanup()
 
+    @property
+    def stats(self) -> RunStats:
+        """The meter's books: final once the run is over."""
+        return self._final or self.sim.plant.finish()
+
     def report(self) -> dict[str, Any]:
         """The run report: the simulated meter's view of the run."""
-        st = self._final or self.sim.plant.finish()
+        st = self.stats
         ctrl = self.controller
         mqtt = self.services.mqtt if self.services else None
         return {

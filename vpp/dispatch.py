@@ -15,7 +15,8 @@ Every constraint has a name (``Dispatcher.constraints``); every objective term t
 (``Schedule.terms``, all in Wh-equivalents): curtailment first (and the batteries' losses,
 priced the same), then battery wear, a soft
 end-of-horizon SOC target, the worst-case export peak, the export ramp beyond its limit,
-the error against a requested export profile, and large prices on what may not happen
+the error against a requested export profile, the expected import (the county's load
+served from its own stores first), and large prices on what may not happen
 but must never make the problem infeasible: import over its limit, a flexible load's
 energy not served by its deadline, and export over the cap when generation cannot be
 curtailed (a generator out of control runs free, ``u = gen_high``).
@@ -156,6 +157,9 @@ class Weights:
     export_peak_per_w: float = 0.01
     export_ramp_per_wh: float = 0.5  # expected export ramp beyond the limit
     tracking_per_wh: float = 0.05  # |expected export − requested profile|
+    # expected import: the county's load served from its own stores first (above the
+    # ≈ 0.11 a stored Wh costs to give back, below the ≈ 0.22 a round trip costs)
+    import_per_wh: float = 0.2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +372,7 @@ class Dispatcher:
         self.group_slack = {g.id: var(T, f"group_slack[{g.id}]", nonneg=True) for g in f.groups}
         self.ramp_slack = var(max(T - 1, 1), "ramp_slack", nonneg=True)
         self.track_dev = var(T, "track_dev", nonneg=True)
+        self.imported = var(T, "expected_import", nonneg=True)
         self.peak = var((), "export_peak")
         self.soc_dev = {b.id: var((), f"soc_target_dev[{b.id}]", nonneg=True)
                         for b in f.batteries}
@@ -475,6 +480,7 @@ class Dispatcher:
         err = self.p_track + cp.multiply(self.p_track_on, moves)
         self._add("track_dev_hi", self.track_dev >= err)
         self._add("track_dev_lo", self.track_dev >= -err)
+        self._add("expected_import_def", self.imported >= -self._export_expected())
 
     def _add_objective(self, dt_h: float) -> None:
         w = self.weights
@@ -496,6 +502,7 @@ class Dispatcher:
             "export_peak": w.export_peak_per_w * self.peak,
             "export_ramp": w.export_ramp_per_wh * dt_h * cp.sum(self.ramp_slack),
             "tracking": w.tracking_per_wh * dt_h * cp.sum(self.track_dev),
+            "import_energy": w.import_per_wh * dt_h * cp.sum(self.imported),
             "import_slack": IMPORT_SLACK_WEIGHT_PER_WH * dt_h * cp.sum(self.import_slack),
             "cap_slack": CAP_SLACK_WEIGHT_PER_WH * dt_h * cp.sum(self.cap_slack),
             "group_slack": GROUP_SLACK_WEIGHT_PER_WH * dt_h * total(

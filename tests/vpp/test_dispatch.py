@@ -241,6 +241,8 @@ def check_physics(sch: Schedule, d: Dispatcher, *, tol_w: float = W_TOL) -> None
         "export_ramp": (w.export_ramp_per_wh * dt_h * float(ramp_excess.sum()),
                         w.export_ramp_per_wh),
         "tracking": (w.tracking_per_wh * dt_h * float(track_err.sum()), w.tracking_per_wh),
+        "import_energy": (w.import_per_wh * dt_h * float(np.clip(-expected, 0, None).sum()),
+                          w.import_per_wh),
         "import_slack": (IMPORT_SLACK_WEIGHT_PER_WH * dt_h * float(
             np.clip(-x.imp - low_case, 0, None).sum()), IMPORT_SLACK_WEIGHT_PER_WH),
         "cap_slack": (CAP_SLACK_WEIGHT_PER_WH * dt_h * float(
@@ -354,7 +356,8 @@ def matrix_lp_objective(fleet: Fleet, inp: DispatchInputs, w: Weights, *, steps:
     Flexible loads: 0 ≤ draw ≤ max (0 when out), each window's energy by its deadline, what
     is missing priced. The PCC: dangerous-case export ≤ cap (+ priced slack) and its peak
     priced; low-case import ≤ limit (+ priced slack); expected export ramp ≤ limit (+ priced
-    slack) and its error against the requested profile priced. Groups: their members'
+    slack) and its error against the requested profile priced; the expected import
+    priced. Groups: their members'
     export and import within limits, each excess priced.
     """
     T, dt = steps, step_s / 3600.0
@@ -423,6 +426,7 @@ def matrix_lp_objective(fleet: Fleet, inp: DispatchInputs, w: Weights, *, steps:
             if grp.max_import_w is not None:
                 into = lin_sum(v[g][t] for g in v if g in ids) + net(t, ids)
                 lp.ge(into, -grp.max_import_w - lp.var(cost=GROUP_SLACK_WEIGHT_PER_WH * dt))
+        lp.ge(lp.var(cost=w.import_per_wh * dt), -expected[t])  # the expected import
         if math.isfinite(x.track[t]):
             err = lp.var(cost=w.tracking_per_wh * dt)
             lp.ge(err, expected[t] - float(x.track[t]))
@@ -735,8 +739,8 @@ def _full_battery_under_a_tight_cap() -> DispatchInputs:
     return day_inputs(12, step_s=3600, start_h=8, soc=BAT.soc_max, cap=15e6, seed=14)
 
 
-@pytest.mark.parametrize("wear, eta_c, eta_d", [(0.06, 0.95, 0.95), (0.01, 0.95, 0.95),
-                                                (0.06, 0.92, 0.94), (0.01, 0.8, 0.85)])
+@pytest.mark.parametrize(("wear", "eta_c", "eta_d"), [
+    (0.06, 0.95, 0.95), (0.01, 0.95, 0.95), (0.06, 0.92, 0.94), (0.01, 0.8, 0.85)])
 def test_charging_and_discharging_at_once_does_not_pay(wear: float, eta_c: float,
                                                        eta_d: float) -> None:
     """A full battery and a cap that forces curtailment: the battery could absorb energy at

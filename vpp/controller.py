@@ -57,7 +57,7 @@ from vpp.config import (
 from vpp.dispatch import DispatchInputs, Schedule, SolveStatus, schedule_payload
 from vpp.enforce import BatteryNow, Command, EnforceParams, FlexNow, GeneratorNow, enforce
 from vpp.fallback import LAST_GOOD, OPTIMAL, RULE_BASED, last_good, rule_based_plan
-from vpp.forecasts import SiteForecasts, run_forecasts, warm_up
+from vpp.forecasts import SiteForecasts, clear_sky_envelope, run_forecasts, warm_up
 from vpp.history import IntervalHistory
 from vpp.instructions import DemandResponse, ExportProfile, GridInstructions
 from vpp.metrics import Metrics
@@ -153,6 +153,10 @@ class Controller:
         fc = config.forecasting
         self.history = IntervalHistory(step_s=fc.step_s, max_intervals=(fc.history_days + 1) * 96)
         self.site_forecasts = SiteForecasts(config)
+        # the PV plants' potential from the start, not only once forecasts are issued:
+        # without it the loop must assume nameplate at night and holds everything back
+        self._envelope: dict[str, pd.Series] = clear_sky_envelope(
+            self.site_forecasts.geometry, clock.now(), 24.0)
         self.weather = NwpArchive(keep_days=fc.history_days + 3)
         self.forecasters = self.site_forecasts.forecasters
         self._geo = self.site_forecasts.geometry
@@ -164,7 +168,6 @@ class Controller:
         self._out_of_service: frozenset[str] = frozenset()
         self.enforce_params = EnforceParams(margin_ratio=config.control.margin_ratio,
                                             soc_taper_s=config.control.soc_taper_s)
-        self._envelope: dict[str, pd.Series] = {}
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="vpp-compute")
         # forecasts run in a process of their own: fits are Python-heavy, and in a thread
         # they would hold the interpreter the control loop needs every second

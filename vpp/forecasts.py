@@ -202,11 +202,18 @@ def _round(sf: SiteForecasts, now: datetime, *, fit: bool, short_term: bool,
     if short_term:
         steps = round(fc.short_term_horizon_h * 3600 / fc.step_s)
         issued += list(sf.issue(history, now, SHORT, steps, weather).values())
-    t0 = pd.Timestamp(now).floor("1min")
-    idx = pd.date_range(t0, t0 + pd.Timedelta(hours=fc.short_term_horizon_h), freq="1min")
-    env = {pid: pd.Series(clear_sky_power_w(idx, geo), index=idx)
-           for pid, geo in sf.geometry.items()}
+    env = clear_sky_envelope(sf.geometry, now, fc.short_term_horizon_h)
     return ForecastRun(sf, issued, sf.combined(), env, keep.records)
+
+
+def clear_sky_envelope(geometry: dict[str, PvPlantGeometry], now: datetime,
+                       hours: float) -> dict[str, pd.Series]:
+    """Each PV plant's clear-sky power [W] at 1-minute steps from ``now`` for ``hours``:
+    the most it can deliver (the real-time loop's potential)."""
+    t0 = pd.Timestamp(now).floor("1min")
+    idx = pd.date_range(t0, t0 + pd.Timedelta(hours=hours), freq="1min")
+    return {pid: pd.Series(clear_sky_power_w(idx, geo), index=idx)
+            for pid, geo in geometry.items()}
 
 
 def warm_up() -> None:
@@ -216,4 +223,4 @@ def warm_up() -> None:
 
 
 __all__ = ["HORIZON_STEPS", "SHORT", "ULTRA_SHORT", "ForecastRun", "SiteForecasts",
-           "run_forecasts", "warm_up"]
+           "clear_sky_envelope", "run_forecasts", "warm_up"]

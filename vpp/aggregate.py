@@ -148,6 +148,7 @@ class _GenBounds:
     mid: np.ndarray  # m = min(mid, hi')
     high: np.ndarray  # hi' = min(high, rated)
     excess: np.ndarray  # mid − m: curtailed whatever the limit
+    high_full: np.ndarray  # high, not held to the rating
 
 
 def _gen_bounds(g: GeneratorModel, inputs: DispatchInputs) -> _GenBounds:
@@ -157,7 +158,7 @@ def _gen_bounds(g: GeneratorModel, inputs: DispatchInputs) -> _GenBounds:
     hi = np.maximum(np.clip(np.asarray(inputs.gen_high_w[g.id], dtype=float), 0.0, None), mid)
     hi_r = np.minimum(hi, g.rated_power_w)
     m = np.minimum(mid, hi_r)
-    return _GenBounds(low=np.minimum(lo, hi_r), mid=m, high=hi_r, excess=mid - m)
+    return _GenBounds(low=np.minimum(lo, hi_r), mid=m, high=hi_r, excess=mid - m, high_full=hi)
 
 
 def _clipped_soc(b: BatteryModel, soc: float) -> float:
@@ -352,7 +353,11 @@ class AggregateDispatcher:
                 sum(c.sum() for c in curtailment.values())),
             battery_wear=w.battery_wear_per_wh * dt_h * float(
                 sum(np.abs(p).sum() for p in battery.values())),
-            battery_losses=w.curtailment_per_wh * dt_h * float(sum(
+            curtailment_high_case=w.curtailment_per_wh * w.high_case_curtailment_ratio * dt_h
+            * float(sum((_gen_bounds(g, inputs).high_full - limits[g.id]).sum()
+                        for g in self.fleet.generators)),
+            battery_losses=w.curtailment_per_wh * (1 + w.high_case_curtailment_ratio) * dt_h
+            * float(sum(
                 ((1 - b.charge_efficiency) * np.clip(-battery[b.id], 0, None)
                  + (1 / b.discharge_efficiency - 1) * np.clip(battery[b.id], 0, None)).sum()
                 for b in self.fleet.batteries)),

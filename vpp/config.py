@@ -242,6 +242,9 @@ class DispatchSection(_Frozen):
     tracking_weight_per_wh: float = Field(default=0.05, ge=0)
     import_weight_per_wh: float = Field(default=0.2, ge=0, description=(
         "price of the expected import: serve the county's load from its stores first"))
+    high_case_curtailment_ratio: float = Field(default=0.25, ge=0, le=1, description=(
+        "price of the curtailment were generation to come at its high quantile, as a share "
+        "of the curtailment weight"))
     aggregate: bool = Field(default=True, description=(
         "plan over classes of assets the model cannot tell apart (vpp.aggregate)"))
     aggregate_soc_tolerance: float = Field(default=0.005, gt=0, le=0.1)

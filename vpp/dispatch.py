@@ -13,7 +13,8 @@ draw. Three forecast scenarios bound the plan:
 
 Every constraint has a name (``Dispatcher.constraints``); every objective term too
 (``Schedule.terms``, all in Wh-equivalents): curtailment first (and the batteries' losses,
-priced the same), then battery wear, a soft
+priced the same; and, at a share of that price, the curtailment were generation to come at
+its high quantile, which keeps battery room for forecast error), then battery wear, a soft
 end-of-horizon SOC target, the worst-case export peak, the export ramp beyond its limit,
 the error against a requested export profile, the expected import (the county's load
 served from its own stores first), and large prices on what may not happen
@@ -22,13 +23,15 @@ energy not served by its deadline, and export over the cap when generation canno
 curtailed (a generator out of control runs free, ``u = gen_high``).
 
 The energy a battery loses going round (``(1 − η_c)`` of a charge, ``(1/η_d − 1)`` of a
-discharge) is wasted renewable energy, priced like curtailment (``battery_losses``). So
-charging and discharging at once cannot pay while any generation can be curtailed:
+discharge) is wasted renewable energy, priced like curtailment in both cases at once
+(``battery_losses``, at ``1 + high_case_curtailment_ratio`` times the curtailment weight).
+So charging and discharging at once cannot pay while any generation can be curtailed:
 charging ``c`` while discharging ``η_c·η_d·c`` absorbs ``(1 − η_c·η_d)·c`` at the PCC and
-loses exactly that, at the curtailment price, plus wear on ``(1 + η_c·η_d)·c``; curtailing
-the same energy costs the price alone. Whatever the efficiencies and the wear weight, no
-plan does it (``tests/vpp/test_dispatch.py`` checks, and :attr:`Schedule.simultaneous_wh`
-reports it if one ever did) unless nothing else can keep the cap.
+loses exactly that, at the full price, plus wear on ``(1 + η_c·η_d)·c``; curtailing the
+same energy costs at most the price alone. Whatever the efficiencies and the wear weight
+(above 0), no plan does it (``tests/vpp/test_dispatch.py`` checks, and
+:attr:`Schedule.simultaneous_wh` reports it if one ever did) unless nothing else can keep
+the cap.
 
 Device faults change numbers, not the model: a battery out of service gets zero power
 limits, a generator out of control a floor at its high forecast. The model is rebuilt
@@ -160,6 +163,9 @@ class Weights:
     # expected import: the county's load served from its own stores first (above the
     # ≈ 0.11 a stored Wh costs to give back, below the ≈ 0.22 a round trip costs)
     import_per_wh: float = 0.2
+    # curtailment were generation to come at its high quantile: keeps battery room for
+    # forecast error (a share of the curtailment weight; 0: plan for the median alone)
+    high_case_curtailment_ratio: float = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -373,11 +379,13 @@ class Dispatcher:
         self.ramp_slack = var(max(T - 1, 1), "ramp_slack", nonneg=True)
         self.track_dev = var(T, "track_dev", nonneg=True)
         self.imported = var(T, "expected_import", nonneg=True)
+        self.curt_high = var(T, "curtail_high_case", nonneg=True)
         self.peak = var((), "export_peak")
         self.soc_dev = {b.id: var((), f"soc_target_dev[{b.id}]", nonneg=True)
                         for b in f.batteries}
 
         self._add_generator_constraints()
+        self._add_high_case_constraints()
         self._add_battery_constraints(dt_h)
         self._add_flex_constraints(dt_h)
         self._add_export_cap_constraints()
@@ -408,6 +416,12 @@ class Dispatcher:
             self._add(f"curtailment_def[{g.id}]", self.curt[g.id] >= p["mid"] - u)
             self._add(f"low_out_le_limit[{g.id}]", self.w[g.id] <= u)
             self._add(f"low_out_le_low[{g.id}]", self.w[g.id] <= p["low"])
+
+    def _add_high_case_constraints(self) -> None:
+        gens = self.fleet.generators
+        if gens:
+            self._add("curtailment_high_case_def", self.curt_high >= self._total(
+                [self.p_gen[g.id]["high"] - self.u[g.id] for g in gens]))
 
     def _add_battery_constraints(self, dt_h: float) -> None:
         for b in self.fleet.batteries:
@@ -494,7 +508,10 @@ class Dispatcher:
                 [cp.sum(c) for c in self.curt.values()]),
             "battery_wear": w.battery_wear_per_wh * dt_h * total(
                 [cp.sum(self.ch[b] + self.dis[b]) for b in self.ch]),
-            "battery_losses": w.curtailment_per_wh * dt_h * total(
+            "curtailment_high_case": w.curtailment_per_wh * w.high_case_curtailment_ratio
+            * dt_h * cp.sum(self.curt_high),
+            "battery_losses": w.curtailment_per_wh * (1 + w.high_case_curtailment_ratio)
+            * dt_h * total(
                 [cp.sum((1 - b.charge_efficiency) * self.ch[b.id]
                         + (1 / b.discharge_efficiency - 1) * self.dis[b.id])
                  for b in self.fleet.batteries]),

@@ -50,7 +50,8 @@ def dispatcher_for(config: SiteConfig) -> Dispatcher | AggregateDispatcher:
         soc_target_per_wh=d.soc_target_weight_per_wh,
         export_peak_per_w=d.export_peak_weight_per_w,
         export_ramp_per_wh=d.export_ramp_weight_per_wh, tracking_per_wh=d.tracking_weight_per_wh,
-        import_per_wh=d.import_weight_per_wh)
+        import_per_wh=d.import_weight_per_wh,
+        high_case_curtailment_ratio=d.high_case_curtailment_ratio)
     steps = round(d.horizon_h * 3600 / d.step_s)
     if d.aggregate:
         return AggregateDispatcher(fleet_of(config), steps=steps, step_s=d.step_s,

@@ -231,7 +231,10 @@ def check_physics(sch: Schedule, d: Dispatcher, *, tol_w: float = W_TOL) -> None
             w.curtailment_per_wh),
         "battery_wear": (w.battery_wear_per_wh * dt_h * sum(
             float(np.abs(p).sum()) for p in sch.battery_w.values()), w.battery_wear_per_wh),
-        "battery_losses": (w.curtailment_per_wh * dt_h * sum(
+        "curtailment_high_case": (w.curtailment_per_wh * w.high_case_curtailment_ratio * dt_h
+                                  * sum(float(np.clip(x.high[g] - limits[g], 0, None).sum())
+                                        for g in limits), w.curtailment_per_wh),
+        "battery_losses": (w.curtailment_per_wh * (1 + w.high_case_curtailment_ratio) * dt_h * sum(
             float(((1 - b.charge_efficiency) * np.clip(-sch.battery_w[b.id], 0, None)
                    + (1 / b.discharge_efficiency - 1)
                    * np.clip(sch.battery_w[b.id], 0, None)).sum())
@@ -375,12 +378,16 @@ def matrix_lp_objective(fleet: Fleet, inp: DispatchInputs, w: Weights, *, steps:
         for t in range(T):
             lp.ge(curt[g.id][t], float(x.mid[g.id][t]) - u[g.id][t])
             lp.le(v[g.id][t], u[g.id][t])
+            # the curtailment were generation to come at its high quantile, priced at a share
+            lp.ge(lp.var(cost=w.curtailment_per_wh * w.high_case_curtailment_ratio * dt),
+                  float(x.high[g.id][t]) - u[g.id][t])
     ch: dict[str, list[Lin]] = {}
     dis: dict[str, list[Lin]] = {}
     for b in fleet.batteries:
         out = b.id in inp.batteries_out
-        loss_ch = w.curtailment_per_wh * (1 - b.charge_efficiency)
-        loss_dis = w.curtailment_per_wh * (1 / b.discharge_efficiency - 1)
+        loss_price = w.curtailment_per_wh * (1 + w.high_case_curtailment_ratio)
+        loss_ch = loss_price * (1 - b.charge_efficiency)
+        loss_dis = loss_price * (1 / b.discharge_efficiency - 1)
         ch[b.id] = [lp.var(0.0, 0.0 if out else b.max_charge_w,
                            cost=(w.battery_wear_per_wh + loss_ch) * dt) for _ in range(T)]
         dis[b.id] = [lp.var(0.0, 0.0 if out else b.max_discharge_w,
@@ -533,7 +540,7 @@ def _cases() -> list[Case]:
                       lambda s: s.terms["export_ramp"] > 1.0, ramp_w_per_step=2e6))
 
     # a requested export profile (NaN: not requested) tracked, under a ramp limit that the
-    # batteries hold exactly (binding, nothing paid)
+    # batteries hold (nothing paid)
     T = 16
     inp = day_inputs(T, step_s=900, start_h=12, seed=9, soc=0.6)
     request = np.where(np.arange(T) % 5 == 4, np.nan, np.linspace(12e6, 2e6, T))
@@ -541,8 +548,8 @@ def _cases() -> list[Case]:
     cases.append(Case("requested_export_profile_is_tracked",
                       Fleet(generators=(PV, WF), batteries=(BAT, BAT2)), 900, tracked,
                       lambda s: s.terms["tracking"] > 1.0 and s.terms["export_ramp"] < NIL
-                      and float(np.abs(np.diff(s.export_expected_w)).max())
-                      == pytest.approx(4e6, abs=10.0), ramp_w_per_step=4e6))
+                      and float(np.abs(np.diff(s.export_expected_w)).max()) <= 4e6 + 10.0,
+                      ramp_w_per_step=4e6))
 
     # the evening peak over a small import limit: import slack paid
     T = 8
@@ -749,8 +756,8 @@ def test_charging_and_discharging_at_once_does_not_pay(wear: float, eta_c: float
 
     Charging c Wh while discharging η_c·η_d·c Wh keeps the SOC and absorbs (1 − η_c·η_d)·c
     at the PCC. The energy lost on the way round is exactly that much, priced like
-    curtailment (``battery_losses``), and the wear comes on top: one Wh absorbed so costs
-    1 + wear × (1 + η_c·η_d) / (1 − η_c·η_d) > 1, the price of curtailing it. (Priced by
+    curtailment in the median and the high case together (``battery_losses``), and the
+    wear comes on top: one Wh absorbed so costs more than curtailing it saves. (Priced by
     wear alone it would cost 0.06 × 1.8648 / 0.1352 ≈ 0.83 < 1 at 92 %/94 %: it would pay.)
     """
     w = Weights(battery_wear_per_wh=wear)

@@ -208,10 +208,12 @@ def fault_spans(events: Sequence[Event], bms_events: Sequence[tuple[float, str, 
 
 def violations_at_faults(violations: Sequence[tuple[float, float]],
                          spans: Sequence[tuple[float, float, str]]) -> float:
-    """Seconds over the cap within :data:`FAULT_GRACE_S` of a fault's (or trip's) start."""
+    """Seconds over the cap within :data:`FAULT_GRACE_S` of a fault's (or trip's) start (a
+    plant step before it too: the fault's time is stamped as the injector logs it, which
+    may be just after the plant stepped into it)."""
     starts = sorted(s for s, _, _ in spans)
     return sum(dt for t, dt in violations
-               if any(0.0 <= t - s <= FAULT_GRACE_S for s in starts))
+               if any(-1.0 <= t - s <= FAULT_GRACE_S for s in starts))
 
 
 def _iso(t_s: float, sc: Scenario) -> str:

@@ -42,6 +42,8 @@ def test_vpp_sim_run_writes_the_report_and_the_plots(tmp_path: Path) -> None:
     # needs a control step to answer (6 simulated s at ×600): at most two steps over
     assert rep["cap_violation_s"] <= 2 * rep["control_interval_s"], (
         rep["cap_violation_s"], res.stderr[-3000:])
+    assert rep["cap_violation_elsewhere_s"] == 0.0  # all of it in the trip's first steps
+    assert rep["cap_violation_at_faults_s"] == rep["cap_violation_s"]
     assert rep["energy_balance_error_ratio"] < 1e-3
     assert [(f["device"], f["kind"], f["action"]) for f in rep["faults"]] == [
         ("bess1", "trip", "start"), ("bess1", "trip", "end"), ("pcc", "offline", "start"),
@@ -65,3 +67,13 @@ def test_fault_spans_pair_starts_with_ends_and_run_to_the_end() -> None:
         (10.0, 30.0, "bess1 trip"), (15.0, 25.0, "bess1 BMS trip (hot)"),
         (20.0, 100.0, "pcc offline"), (40.0, 50.0, "wf1 drop"),
         (60.0, 100.0, "bess1 BMS trip (hot)")]
+
+
+def test_violations_count_at_a_fault_within_its_first_minute() -> None:
+    from vpp.simrun import FAULT_GRACE_S, violations_at_faults
+
+    spans = [(100.0, 500.0, "bess1 trip"), (1000.0, 1060.0, "pcc offline")]
+    violations = [(99.5, 0.5), (100.0, 1.0), (100.0 + FAULT_GRACE_S, 1.0),
+                  (100.0 + FAULT_GRACE_S + 1, 1.0), (50.0, 2.0), (1010.0, 3.0)]
+    assert violations_at_faults(violations, spans) == 0.5 + 1.0 + 1.0 + 3.0
+    assert violations_at_faults(violations, []) == 0.0

@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint typecheck clean bench bench-county bench-forecast
+.PHONY: demo test lint typecheck clean bench bench-county bench-forecast bench-dispatch \
+	bench-dispatch-quality
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -45,3 +46,13 @@ bench-forecast: $(STAMP)
 # One simulated day of a 100-device county against the controller (about 3 minutes).
 bench-county: $(STAMP)
 	$(BIN)/python -m bench.county_day $(BENCH_ARGS)
+
+# The dispatch LP's build and solve times, 1 to 1,000 assets, full and aggregated (about
+# 5 minutes): docs/performance.md.
+bench-dispatch: $(STAMP)
+	$(BIN)/python -m bench.dispatch_scale $(BENCH_ARGS)
+
+# The simulator's scenarios with the optimal, perfect-foresight and reactive planners
+# (about 20 minutes): docs/dispatch.md.
+bench-dispatch-quality: $(STAMP)
+	$(BIN)/python -m bench.dispatch_quality $(BENCH_ARGS)

@@ -14,12 +14,16 @@ numbers. Two reductions make the LP the size of the number of classes:
   the members in three stages (to ``low'``, to ``m``, to ``hi'``), each in proportion to
   what the stage gives them, which reaches both optima at once.
 * **Batteries** of one class (same efficiencies, SOC bounds, power-to-energy ratios and
-  groups) form one pool: the sum of the members' constraints. The pool is a
-  *relaxation* (its energy moves freely between members), so its objective is a lower
-  bound on the full LP's; the split gives each step's pool power to the members in
-  proportion to what each can still take or give (energy and power), which keeps every
-  member within its limits and drifts their SOCs together. ``tests/vpp/test_aggregate.py``
-  checks the objective against the full LP and the split's physics.
+  groups) whose SOCs lie within a tolerance of each other form one pool: the sum of the
+  members' constraints. At one SOC the pool is exact (split in proportion to capacity,
+  every member's plan is the pool's, scaled); within the tolerance it is a relaxation (its
+  energy moves freely between members). The split gives each step's pool power to the
+  members in proportion to what each can still store or give, within its power and
+  energy, so their SOCs drift together. Where the members cannot take what the pool
+  planned, the generation that would then go over a group's limit or the cap is curtailed
+  instead. Batteries the model can tell apart (other SOCs) stay apart.
+  ``tests/vpp/test_aggregate.py`` checks the objective against the full LP and the
+  split's physics.
 
 Flexible loads pass through as they are. Pure: no I/O.
 """
@@ -27,6 +31,7 @@ Flexible loads pass through as they are. Pure: no I/O.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -130,13 +135,14 @@ def reduced_fleet(agg: Aggregation, pool_ids: Sequence[str]) -> Fleet:
     for pid in pool_ids:
         members = agg.batteries[int(pid.removeprefix("batteries").split(".")[0])]
         bats.append(dataclasses.replace(
-            members[0], id=pid, capacity_wh=sum(b.capacity_wh for b in members),
+            members[0], id=pid, capacity_wh=math.fsum(b.capacity_wh for b in members),
             max_charge_w=sum(b.max_charge_w for b in members),
             max_discharge_w=sum(b.max_discharge_w for b in members)))
         for b in members:
             member_of.setdefault(b.id, []).append(pid)
     groups = tuple(GroupLimit(
-        id=grp.id, assets=tuple(dict.fromkeys(a for m in grp.assets for a in member_of[m])),
+        id=grp.id, assets=tuple(dict.fromkeys(
+            a for m in grp.assets for a in member_of.get(m, ()))),
         max_export_w=grp.max_export_w, max_import_w=grp.max_import_w) for grp in fleet.groups)
     return Fleet(generators=agg.generator_models, batteries=tuple(bats),
                  flex_loads=fleet.flex_loads, groups=groups)
@@ -159,6 +165,12 @@ def _gen_bounds(g: GeneratorModel, inputs: DispatchInputs) -> _GenBounds:
     hi_r = np.minimum(hi, g.rated_power_w)
     m = np.minimum(mid, hi_r)
     return _GenBounds(low=np.minimum(lo, hi_r), mid=m, high=hi_r, excess=mid - m, high_full=hi)
+
+
+def _battery_limits_w(b: BatteryModel, inputs: DispatchInputs) -> tuple[float, float]:
+    """(charge, discharge) the battery can do now: its ratings, or less where derated."""
+    ch, dis = inputs.battery_limits_w.get(b.id, (b.max_charge_w, b.max_discharge_w))
+    return min(max(ch, 0.0), b.max_charge_w), min(max(dis, 0.0), b.max_discharge_w)
 
 
 def _clipped_soc(b: BatteryModel, soc: float) -> float:
@@ -186,10 +198,11 @@ def reduce_inputs(agg: Aggregation, inputs: DispatchInputs,
             uncontrolled.add(agg_id)
     soc, limits, capacity = {}, {}, {}
     for pid, pool in battery_pools.items():
-        capacity[pid] = sum(b.capacity_wh for b in pool)
-        soc[pid] = (sum(_clipped_soc(b, inputs.soc[b.id]) * b.capacity_wh for b in pool)
+        capacity[pid] = math.fsum(b.capacity_wh for b in pool)
+        soc[pid] = (math.fsum(_clipped_soc(b, inputs.soc[b.id]) * b.capacity_wh for b in pool)
                     / capacity[pid]) if pool else 0.5
-        limits[pid] = (sum(b.max_charge_w for b in pool), sum(b.max_discharge_w for b in pool))
+        rated = [_battery_limits_w(b, inputs) for b in pool]
+        limits[pid] = (math.fsum(c for c, _ in rated), math.fsum(d for _, d in rated))
     return dataclasses.replace(
         inputs, gen_low_w=lows, gen_mid_w=mids, gen_high_w=highs, soc=soc,
         batteries_out=frozenset(), battery_limits_w=limits, battery_capacity_wh=capacity,
@@ -245,8 +258,8 @@ def split_batteries(members: Sequence[BatteryModel], inputs: DispatchInputs,
     e_max = np.array([b.soc_max for b in members]) * cap_wh
     eta_c = np.array([b.charge_efficiency for b in members])
     eta_d = np.array([b.discharge_efficiency for b in members])
-    p_ch = np.array([b.max_charge_w for b in members]) * live
-    p_dis = np.array([b.max_discharge_w for b in members]) * live
+    p_ch = np.array([_battery_limits_w(b, inputs)[0] for b in members]) * live
+    p_dis = np.array([_battery_limits_w(b, inputs)[1] for b in members]) * live
     power, soc = np.zeros((len(members), T)), np.zeros((len(members), T + 1))
     soc[:, 0] = e / cap_wh
     for t in range(T):
@@ -308,6 +321,38 @@ class AggregateDispatcher:
             return dataclasses.replace(sch, inputs=inputs)
         return self.split(inputs, sch, battery_pools)
 
+    def _cut_for_misses(self, sch: Schedule, battery: dict[str, np.ndarray],
+                        battery_pools: dict[str, tuple[BatteryModel, ...]]
+                        ) -> dict[str, np.ndarray]:
+        """The aggregates' limits, lowered where the members could not charge what their
+        pool planned and the plan would then break a group's limit or the cap: by what it
+        takes, from the group's own controllable aggregates, then from all of them."""
+        T, agg = self.steps, self.aggregation
+        limits = {a: np.asarray(v, dtype=float).copy() for a, v in sch.gen_limit_w.items()}
+        controlled = [a for a in agg.generators if not a.endswith(FREE)]
+        miss = {pid: sum((battery[b.id] for b in pool), np.zeros(T)) - sch.battery_w[pid]
+                for pid, pool in battery_pools.items()}
+
+        def take(need: np.ndarray, ids: list[str]) -> None:
+            room = sum((limits[a] for a in ids), np.zeros(T))
+            got = np.minimum(np.clip(need, 0.0, None), room)
+            for a in ids:
+                limits[a] -= np.divide(got * limits[a], room, out=np.zeros(T), where=room > 0)
+
+        if not any(np.any(m > 1e-6) for m in miss.values()):
+            return limits
+        groups = self.inner.fleet.groups if self.inner is not None else ()
+        for grp in groups:
+            ids = set(grp.assets)
+            out = (sum((limits[a] for a in limits if a in ids), np.zeros(T))
+                   + sum((sch.battery_w[p] + miss[p] for p in miss if p in ids), np.zeros(T))
+                   - sum((sch.flex_w[x] for x in sch.flex_w if x in ids), np.zeros(T)))
+            take(out - grp.max_export_w, [a for a in controlled if a in ids])
+        worst = (sch.export_worst_w + sum(miss.values(), np.zeros(T))
+                 - sum((sch.gen_limit_w[a] - limits[a] for a in limits), np.zeros(T)))
+        take(worst - sch.export_cap_w, controlled)
+        return limits
+
     def split(self, inputs: DispatchInputs, sch: Schedule,
               battery_pools: dict[str, tuple[BatteryModel, ...]]) -> Schedule:
         """The aggregates' plan as a plan for every real asset."""
@@ -323,15 +368,8 @@ class AggregateDispatcher:
                 battery[b.id] = np.zeros(T)
                 soc[b.id] = np.full(T + 1, _clipped_soc(b, inputs.soc[b.id]))
         moved = sum(battery.values(), np.zeros(T)) - sum(sch.battery_w.values(), np.zeros(T))
-        # what the members could not charge of the pool's plan is curtailed instead, from
-        # the controllable aggregates in proportion to their limits, so the cap still holds
-        agg_limits = dict(sch.gen_limit_w)
-        controlled = [a for a in agg.generators if not a.endswith(FREE)]
-        room = sum((agg_limits[a] for a in controlled), np.zeros(T))
-        cut = np.minimum(np.clip(moved, 0.0, None), room)
-        for a in controlled:
-            agg_limits[a] = agg_limits[a] - np.divide(cut * agg_limits[a], room,
-                                                      out=np.zeros(T), where=room > 0)
+        agg_limits = self._cut_for_misses(sch, battery, battery_pools)
+        cut = sum((sch.gen_limit_w[a] - agg_limits[a] for a in agg_limits), np.zeros(T))
         limits: dict[str, np.ndarray] = {}
         for agg_id, members in agg.generators.items():
             free = agg_id.endswith(FREE)
@@ -340,13 +378,15 @@ class AggregateDispatcher:
         curtailment = {g.id: np.clip(_gen_bounds(g, inputs).mid - limits[g.id], 0.0, None)
                        + _gen_bounds(g, inputs).excess for g in self.fleet.generators}
         moved_w = moved - cut  # the net change at the PCC in the dangerous case
+        controlled = [a for a in agg.generators if not a.endswith(FREE)]
         mids = {a: np.asarray(reduce_inputs(agg, inputs, battery_pools).gen_mid_w[a])
                 for a in agg.generators}
         expected_change = moved + sum((np.minimum(agg_limits[a], mids[a])
                                        - np.minimum(sch.gen_limit_w[a], mids[a])
                                        for a in controlled), np.zeros(T))
         w, dt_h = self.weights, self.step_s / 3600.0
-        # the terms of the real assets' plan; the others are the aggregates' own (exact)
+        # the terms of the real assets' plan; the others are the aggregates' own (exact,
+        # unless the batteries' split missed its pool's plan: the message says so)
         terms = dict(
             sch.terms,
             curtailment=w.curtailment_per_wh * dt_h * float(
@@ -361,6 +401,7 @@ class AggregateDispatcher:
                 ((1 - b.charge_efficiency) * np.clip(-battery[b.id], 0, None)
                  + (1 / b.discharge_efficiency - 1) * np.clip(battery[b.id], 0, None)).sum()
                 for b in self.fleet.batteries)),
+            export_peak=w.export_peak_per_w * float(np.max(sch.export_worst_w + moved_w)),
             soc_target=w.soc_target_per_wh * sum(
                 abs(soc[b.id][-1] - w.soc_target) * b.capacity_wh for b in self.fleet.batteries))
         n_real = len(self.fleet.asset_ids)

@@ -238,7 +238,7 @@ class DispatchSection(_Frozen):
     export_ramp_limit_ratio: float | None = Field(
         default=0.2, gt=0, le=1,
         description="expected export may change by this × pcc.export_cap_w per step")
-    export_ramp_weight_per_wh: float = Field(default=0.5, ge=0)
+    export_ramp_weight_per_wh: float = Field(default=0.4, ge=0)
     tracking_weight_per_wh: float = Field(default=0.05, ge=0)
     import_weight_per_wh: float = Field(default=0.2, ge=0, description=(
         "price of the expected import: serve the county's load from its stores first"))
@@ -249,6 +249,18 @@ class DispatchSection(_Frozen):
         "plan over classes of assets the model cannot tell apart (vpp.aggregate)"))
     aggregate_soc_tolerance: float = Field(default=0.005, gt=0, le=0.1)
     groups: tuple[GroupSection, ...] = ()
+
+    @model_validator(mode="after")
+    def _smoothing_never_wastes(self) -> Self:
+        # curtailing one step's expected output can ease the ramp into it and out of it
+        # and its tracking error: that must cost more than it saves
+        gain = 2 * self.export_ramp_weight_per_wh + self.tracking_weight_per_wh
+        if gain >= self.curtailment_weight_per_wh:
+            raise ValueError(
+                f"2 × export_ramp_weight_per_wh + tracking_weight_per_wh = {gain:g} must be "
+                f"below curtailment_weight_per_wh ({self.curtailment_weight_per_wh:g}), or "
+                "plans would curtail energy to smooth the feed-in")
+        return self
 
 
 class ControlSection(_Frozen):

@@ -158,7 +158,9 @@ class Weights:
     soc_target: float = 0.5
     soc_target_per_wh: float = 0.1
     export_peak_per_w: float = 0.01
-    export_ramp_per_wh: float = 0.5  # expected export ramp beyond the limit
+    # expected export ramp beyond the limit; 2 × this + tracking < curtailment, or a plan
+    # would curtail a step's energy to ease the ramps into and out of it
+    export_ramp_per_wh: float = 0.4
     tracking_per_wh: float = 0.05  # |expected export − requested profile|
     # expected import: the county's load served from its own stores first (above the
     # ≈ 0.11 a stored Wh costs to give back, below the ≈ 0.22 a round trip costs)

@@ -205,3 +205,31 @@ def test_the_free_twin_carries_only_the_plants_out_of_control() -> None:
     free = [a for a in agg.aggregation.generators if a.endswith(FREE)]
     assert agg.inner is not None
     assert len(free) == 2
+
+
+def test_a_feeder_whose_batteries_are_all_out_still_plans() -> None:
+    """A feeder holding a whole battery class: with all of them out of service the class
+    has no pool, and the feeder is planned with what is left."""
+    base = county()
+    feeder = GroupLimit(id="feeder", assets=("pv0", "wf0", *(f"slow{i}" for i in range(6))),
+                        max_export_w=14e6, max_import_w=10e6)
+    fleet = replace(base, groups=(feeder,))
+    _, agg = both(fleet)
+    inp = replace(county_inputs(fleet, cap=30e6, soc_jitter=0.0),
+                  batteries_out=frozenset(f"slow{i}" for i in range(6)))
+    sch = agg.solve(inp)
+    check_physics(sch, agg)
+    for i in range(6):
+        np.testing.assert_allclose(sch.battery_w[f"slow{i}"], 0.0)
+
+
+def test_a_derated_battery_is_planned_within_its_derating() -> None:
+    fleet = county()
+    _, agg = both(fleet)
+    inp = replace(county_inputs(fleet, cap=30e6, soc_jitter=0.0),
+                  battery_limits_w={"fast0": (1e6, 0.5e6)})
+    sch = agg.solve(inp)
+    check_physics(sch, agg)
+    assert float(np.clip(-sch.battery_w["fast0"], 0, None).max()) <= 1e6 + 1.0
+    assert float(np.clip(sch.battery_w["fast0"], 0, None).max()) <= 0.5e6 + 1.0
+    assert float(np.clip(-sch.battery_w["fast1"], 0, None).max()) > 1e6  # the others not

@@ -127,6 +127,9 @@ def test_every_config_key_is_documented() -> None:
     (lambda d: d["sim"].update(start="2026-04-15T00:00:00"), "give the UTC offset"),
     (lambda d: d["storage"].update(url="mysql://x@h/db"), "backend 'mysql' is not supported"),
     (lambda d: d["storage"].update(url="::nonsense"), "not a database URL"),
+    (lambda d: d["dispatch"].update(export_ramp_weight_per_wh=0.5),
+     "2 × export_ramp_weight_per_wh + tracking_weight_per_wh = 1.05 must be below"),
+    (lambda d: d["dispatch"].update(planner="rule-based"), "planner"),
 ])
 def test_cross_checks_name_the_fields(mutate: Any, expected: str) -> None:
     data = demo_data()

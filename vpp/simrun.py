@@ -107,13 +107,12 @@ class ScenarioRun:
         plant.open_books()
 
     async def _instruct(self) -> None:
-        """Tell the controller each cap change ``notice_s`` before it takes effect (for
-        perfect foresight: all of them at once, at the start)."""
+        """Tell the controller each cap change ``notice_s`` before it takes effect (perfect
+        foresight too: it sees the weather and load ahead, the grid's orders as given)."""
         clock = self.demo.clock
         for change in self.scenario.cap:
             effective = self.scenario.at(change.at_h)
-            if self.planner != "perfect":  # perfect foresight knows them all from the start
-                await clock.sleep_until(effective - timedelta(seconds=change.notice_s))
+            await clock.sleep_until(effective - timedelta(seconds=change.notice_s))
             ctrl = self.demo.controller
             if ctrl is not None:
                 ctrl.instruct_cap(effective, change.export_cap_w)

@@ -8,6 +8,7 @@ on a developer machine without it.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import threading
 import uuid
@@ -71,6 +72,22 @@ def require_service(name: str, port: int) -> None:
     if os.environ.get("CI"):
         pytest.fail(msg + " (.ci/run starts it)")
     pytest.skip(msg + "; start it to run this test")
+
+
+def require_tool(name: str, package: str) -> str:
+    """The path of a command-line tool the test needs (.ci/run installs ``package``)."""
+    path = shutil.which(name)
+    if path is not None:
+        return path
+    msg = f"{name} is not installed (Debian package {package})"
+    if os.environ.get("CI"):
+        pytest.fail(msg + "; .ci/run installs it")
+    pytest.skip(msg + "; install it to run this test")
+
+
+@pytest.fixture
+def promtool() -> str:
+    return require_tool("promtool", "prometheus")
 
 
 @pytest.fixture

@@ -41,7 +41,8 @@ async def collect(host: str, port: int, topic: str, out: dict[str, dict[str, Any
             out[str(msg.topic)] = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
 
 
-async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: SiteConfig) -> None:
+async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: SiteConfig,
+                                                                  promtool: str) -> None:
     cfg = midday(demo_config)
     demo = Demo(cfg, DemoOptions(hours=2.0, speed=600.0, ephemeral_ports=True))
     seen: dict[str, dict[str, Any]] = {}
@@ -111,6 +112,11 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
     assert f'vpp_pcc_export_watts{{site="{cfg.site.id}"}}' in metrics
     assert "vpp_battery_state_of_charge_ratio" in metrics
     assert 'vpp_dispatch_solves_total{site="demo-county",status="optimal"}' in metrics
+    lint = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"],
+                                   input=metrics, capture_output=True, text=True, timeout=60,
+                                   check=False)
+    assert lint.returncode == 0 and not lint.stdout.strip() and not lint.stderr.strip(), (
+        lint.stdout + lint.stderr)  # Prometheus' own linter: names, units, help
     # MQTT
     base = f"vpp/{cfg.site.id}"
     for topic in ("status", "telemetry/pv1", "telemetry/pcc", "pcc", "schedule",

@@ -25,6 +25,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+from bench.report import write_runs
 from vpp.config import SiteConfig, load_config
 from vpp.demo import Demo, DemoOptions
 
@@ -137,9 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:
-        args.json.write_text(json.dumps({"command": "python -m bench.county_day "
-                                         + " ".join(sys.argv[1:]), "runs": rows}, indent=2)
-                             + "\n", encoding="utf-8")
+        write_runs(args.json, "bench.county_day", rows)
     return 0
 
 

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.report import write_runs
 from sim.scenario import load_scenario, shipped_scenarios
 from vpp.cli import default_demo_config
 from vpp.config import load_config
@@ -96,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"command": "python -m bench.dispatch_quality "
-                                         + " ".join(sys.argv[1:]), "runs": rows}, indent=2)
-                             + "\n", encoding="utf-8")
+        write_runs(args.json, "bench.dispatch_quality", rows)
     return 0
 
 

@@ -166,6 +166,7 @@ class Controller:
         self.oracle: Any = None
         self._solving: asyncio.Future[Schedule] | None = None
         self._out_of_service: frozenset[str] = frozenset()
+        self._metrics_at: datetime | None = None  # the last metrics update (clock time)
         self.enforce_params = EnforceParams(margin_ratio=config.control.margin_ratio,
                                             soc_taper_s=config.control.soc_taper_s)
         self._compute = ThreadPoolExecutor(1, thread_name_prefix="vpp-compute")
@@ -283,11 +284,19 @@ class Controller:
         for aid, dev in self.devices.items():
             t = self._inflight.get((aid, poll_class))
             if t is None or t.done():
-                t = asyncio.create_task(dev.poll(poll_class), name=f"vpp.poll.{aid}")
+                t = asyncio.create_task(self._timed_poll(dev, poll_class),
+                                        name=f"vpp.poll.{aid}")
                 t.add_done_callback(self._poll_done)
                 self._inflight[(aid, poll_class)] = t
                 tasks[aid] = t
         return tasks
+
+    async def _timed_poll(self, dev: Device, poll_class: PollClass) -> Any:
+        t0 = time.perf_counter()
+        out = await dev.poll(poll_class)
+        if self.metrics is not None and poll_class == PollClass.FAST:
+            self.metrics.poll_latency[dev.asset_id].set(time.perf_counter() - t0)
+        return out
 
     async def _poll_fast(self) -> set[str]:
         """Poll every device's fast points, waiting at most a share of the control step;
@@ -736,8 +745,20 @@ class Controller:
         if m is None:
             return
         cmd = self.state.command
+        now = self.clock.now()
+        dt_s = 0.0 if self._metrics_at is None else (now - self._metrics_at).total_seconds()
+        self._metrics_at = now
+        for g in self.generators:
+            dev = self.devices[g.id]
+            top = 1.2 * g.rated_power_w  # a reading beyond its ratings is not counted
+            avail, out = dev.value("available_power_w"), dev.value("active_power_w")
+            if avail is not None and 0.0 <= avail <= top and g.id not in self._implausible:
+                m.gen_available[g.id].set(avail)
+                if out is not None and 0.0 <= out <= top and dt_s > 0:
+                    m.curtailed[g.id].inc(max(0.0, avail - out) * dt_s)
         for aid, dev in self.devices.items():
             m.up[aid].set(1.0 if dev.health.value == "online" else 0.0)
+            m.available[aid].set(0.0 if aid in self._out_of_service else 1.0)
             p = dev.value("active_power_w")
             if p is not None:
                 m.power[aid].set(p)

@@ -26,6 +26,18 @@ class Metrics:
                             ["site", "asset", "kind"], registry=r)
         self._setpoint = Gauge("vpp_battery_setpoint_watts", "Battery setpoint, + discharge",
                                ["site", "asset"], registry=r)
+        self._available = Gauge("vpp_asset_available", "1 when the asset is in service for "
+                                "dispatch (answering, trusted, not in fault)",
+                                ["site", "asset", "kind"], registry=r)
+        self._latency = Gauge("vpp_device_poll_latency_seconds",
+                              "Wall time of the device's last fast poll", ["site", "asset", "kind"],
+                              registry=r)
+        self._gen_available = Gauge("vpp_generator_available_power_watts",
+                                    "What the generator could give now, as it reports",
+                                    ["site", "asset", "kind"], registry=r)
+        self._curtailed = Counter("vpp_curtailed_energy_joules", "Energy a generator could have "
+                                  "given and did not (reported available − output)",
+                                  ["site", "asset", "kind"], registry=r)
         self._writes = Counter("vpp_setpoint_writes_total", "Setpoint writes by result",
                                ["site", "asset", "result"], registry=r)
         g = {"site": site}
@@ -73,6 +85,11 @@ class Metrics:
         # cache the labelled children: a lookup costs several times a set()
         self.power = {a: self._power.labels(site, a, k) for a, k in assets}
         self.up = {a: self._up.labels(site, a, k) for a, k in assets}
+        self.available = {a: self._available.labels(site, a, k) for a, k in assets}
+        self.poll_latency = {a: self._latency.labels(site, a, k) for a, k in assets}
+        gens = [(a, k) for a, k in assets if k in ("pv", "wind")]
+        self.gen_available = {a: self._gen_available.labels(site, a, k) for a, k in gens}
+        self.curtailed = {a: self._curtailed.labels(site, a, k) for a, k in gens}
         self.limit = {a: self._limit.labels(site, a, k) for a, k in assets if k in ("pv", "wind")}
         self.soc = {a: self._soc.labels(site, a) for a, k in assets if k == "battery"}
         self.setpoint = {a: self._setpoint.labels(site, a) for a, k in assets if k == "battery"}

@@ -16,6 +16,7 @@ from typing import Any
 import aiomqtt
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from vpp.config import SiteConfig
 from vpp.demo import Demo, DemoOptions
@@ -112,6 +113,14 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
     assert f'vpp_pcc_export_watts{{site="{cfg.site.id}"}}' in metrics
     assert "vpp_battery_state_of_charge_ratio" in metrics
     assert 'vpp_dispatch_solves_total{site="demo-county",status="optimal"}' in metrics
+    samples = {(s.name, s.labels.get("asset")): s.value
+               for fam in text_string_to_metric_families(metrics) for s in fam.samples}
+    # the meter's export was held under a cut: energy was curtailed, and counted
+    assert max(samples[("vpp_curtailed_energy_joules_total", g)] for g in ("pv1", "wf1")) > 0
+    for a in ("pv1", "wf1", "bess1", "pcc"):
+        assert samples[("vpp_asset_available", a)] == 1.0
+        assert 0 < samples[("vpp_device_poll_latency_seconds", a)] < 1.0
+    assert samples[("vpp_generator_available_power_watts", "pv1")] > 0
     lint = await asyncio.to_thread(subprocess.run, [promtool, "check", "metrics"],
                                    input=metrics, capture_output=True, text=True, timeout=60,
                                    check=False)

@@ -45,6 +45,7 @@ from drivers import (
 )
 from drivers.poller import cancel_and_wait
 from forecasting import Forecast
+from vpp.accuracy import LiveAccuracy
 from vpp.config import (
     REQUIRED_CAPABILITIES,
     SUNSPEC,
@@ -153,6 +154,8 @@ class Controller:
         fc = config.forecasting
         self.history = IntervalHistory(step_s=fc.step_s, max_intervals=(fc.history_days + 1) * 96)
         self.site_forecasts = SiteForecasts(config)
+        self.accuracy = LiveAccuracy(self.site_forecasts.capacity_w,
+                                     step_s=config.forecasting.step_s)
         # the PV plants' potential from the start, not only once forecasts are issued:
         # without it the loop must assume nameplate at night and holds everything back
         self._envelope: dict[str, pd.Series] = clear_sky_envelope(
@@ -716,6 +719,8 @@ class Controller:
             if all(v is not None for v in vals):
                 add("load", -sum(v for v in vals if v is not None))
         add("export", export)
+        for series, start, mean in closed:
+            self.accuracy.measured(series, start, mean)
         if self.storage is not None and closed:
             self._store(self.storage.write_interval_means, closed)
         self._update_metrics(export)
@@ -777,6 +782,8 @@ class Controller:
         if export is not None:
             m.pcc_export.set(export)
         m.export_cap.set(self.state.export_cap_w)
+        for (series, horizon), acc in self.accuracy.accuracy().items():
+            m.set_accuracy(series, horizon, acc)
         m.control_steps.inc()
         if self.mqtt is not None:
             m.mqtt_buffer.set(self.mqtt.buffered)
@@ -849,6 +856,7 @@ class Controller:
         self.state.forecasts = combined
         self._envelope = run.envelope
         for f in issued:
+            self.accuracy.issued(f, self._envelope.get(f.series))
             name = f.series
             if self.metrics is not None and name in self.metrics.issues:
                 self.metrics.issues[name].inc()

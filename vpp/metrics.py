@@ -70,6 +70,9 @@ class Metrics:
                                  ["site"], registry=r).labels(**g)
         self._issues = Counter("vpp_forecast_issues_total", "Forecasts issued",
                                ["site", "series"], registry=r)
+        self._accuracy = Gauge("vpp_forecast_accuracy_ratio", "Daily accuracy of the issued "
+                               "forecasts over the last day, as the grid grades them",
+                               ["site", "series", "horizon"], registry=r)
         self.mqtt_buffer = Gauge("vpp_mqtt_buffer_messages", "Messages waiting for the broker",
                                  ["site"], registry=r).labels(**g)
         self.mqtt_dropped = Counter("vpp_mqtt_dropped_messages_total",
@@ -100,3 +103,15 @@ class Metrics:
                         "error")}
         self.issues = {a: self._issues.labels(site, a) for a, k in assets
                        if k in ("pv", "wind", "load")}
+        # made at the first graded point: a gauge at 0 before that would read as a failure
+        self._series = {a for a, k in assets if k in ("pv", "wind")} | {"load"}
+        self.accuracy: dict[tuple[str, str], Gauge] = {}
+
+    def set_accuracy(self, series: str, horizon: str, value: float) -> None:
+        if series not in self._series or horizon not in ("ultra-short", "short"):
+            return  # bounded labels
+        child = self.accuracy.get((series, horizon))
+        if child is None:
+            child = self.accuracy[(series, horizon)] = self._accuracy.labels(
+                self.site, series, horizon)
+        child.set(value)

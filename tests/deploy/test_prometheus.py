@@ -23,7 +23,7 @@ def test_the_scrape_config_and_the_rules_are_valid(promtool: str) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     res = _promtool(promtool, "check", "rules", "rules/vpp.rules.yml")
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "SUCCESS: 8 rules found" in res.stdout
+    assert "SUCCESS: 9 rules found" in res.stdout
 
 
 def test_every_alert_passes_its_unit_tests(promtool: str) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Generator
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
 
+import pandas as pd
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -84,19 +86,70 @@ def create_app(ctrl: Controller) -> FastAPI:
             })
         return JSONResponse(jsonable(out))
 
-    @app.get("/api/v1/forecasts", summary="The latest forecast of each series, or of one")
-    async def forecasts(series: str | None = Query(default=None,
-                                             description="pv/wind asset id or 'load'")) -> Any:
-        fcs = ctrl.state.forecasts
+    @app.get("/api/v1/forecasts", summary="The latest forecast of each series, or of one; "
+             "or the vintage in force at a time ('as issued at T'), in JSON or CSV")
+    async def forecasts(
+        series: Annotated[str | None, Query(description="pv/wind asset id or 'load'")] = None,
+        issued_at: Annotated[datetime | None, Query(
+            description="ISO 8601 with its UTC offset: the last forecast of `horizon` "
+                        "issued at or before it, as stored")] = None,
+        horizon: Annotated[Literal["ultra-short", "short"], Query(
+            description="the product, for `issued_at`")] = "ultra-short",
+        format: Annotated[Literal["json", "csv"], Query()] = "json",
+    ) -> Any:
         if series is not None and series not in ctrl.forecasters:
             raise HTTPException(404, f"unknown series {series!r}; series are "
                                      f"{sorted(ctrl.forecasters)}")
+        if issued_at is not None:
+            return await _vintage(series, issued_at, horizon, format)
+        fcs = ctrl.state.forecasts
         chosen = {k: v for k, v in fcs.items() if series is None or k == series}
+        if format == "csv":
+            if series is None:
+                raise HTTPException(422, "format=csv needs a series")
+            if series not in chosen:
+                raise HTTPException(404, f"no forecast of {series} issued yet")
+            f = chosen[series]
+            return _csv(f.to_frame(), series, f.issued_at, f.model)
         return JSONResponse(jsonable({k: {
             "series": k, "kind": f.kind, "issued_at": f.issued_at, "model": f.model,
-            "step_s": cfg.forecasting.step_s, "index": [t.isoformat() for t in f.index],
+            "horizon": f.horizon, "step_s": cfg.forecasting.step_s,
+            "index": [t.isoformat() for t in f.index],
             "quantiles_w": {f"p{round(q * 100):02d}": v for q, v in f.quantiles.items()},
         } for k, f in chosen.items()}))
+
+    async def _vintage(series: str | None, issued_at: datetime, horizon: str,
+                       fmt: str) -> Response:
+        if issued_at.tzinfo is None:
+            raise HTTPException(422, f"issued_at {issued_at.isoformat()} has no UTC offset; "
+                                     "give one, e.g. 2026-04-15T08:00:00+08:00")
+        if series is None:
+            raise HTTPException(422, "issued_at needs a series")
+        if ctrl.storage is None:
+            raise HTTPException(503, "no storage: forecast vintages are not kept")
+        df = await asyncio.to_thread(ctrl.storage.read_forecast, series, issued_at, horizon)
+        if df.empty:
+            raise HTTPException(404, f"no {horizon} forecast of {series} issued at or before "
+                                     f"{issued_at.isoformat()}")
+        frame = df.rename(columns={q: f"p{round(q * 100):02d}_w" for q in df.columns})
+        if fmt == "csv":
+            return _csv(frame, series, df.attrs["issued_at"], df.attrs["model"])
+        return JSONResponse(jsonable({
+            "series": series, "horizon": horizon, "issued_at": df.attrs["issued_at"],
+            "model": df.attrs["model"], "step_s": cfg.forecasting.step_s,
+            "index": [t.isoformat() for t in frame.index],
+            "quantiles_w": {c.removesuffix("_w"): frame[c].to_numpy() for c in frame.columns},
+        }))
+
+    def _csv(frame: pd.DataFrame, series: str, issued_at: datetime, model: str) -> Response:
+        out = frame.copy()
+        out.index = [t.isoformat() for t in out.index]
+        out.index.name = "valid_time"
+        head = (f"# series={series} issued_at={issued_at.isoformat()} model={model} "
+                f"unit=W step_s={cfg.forecasting.step_s}\n")
+        return Response(head + out.to_csv(float_format="%.1f"), media_type="text/csv",
+                        headers={"Content-Disposition": f'attachment; filename="{series}-'
+                                 f'{issued_at.strftime("%Y%m%dT%H%M%SZ")}.csv"'})
 
     @app.get("/api/v1/schedule", summary="The plan in force, with its solve status")
     async def schedule() -> Any:

@@ -66,6 +66,18 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
             forecasts = (await http.get("/api/v1/forecasts")).json()
             one = await http.get("/api/v1/forecasts", params={"series": "pv1"})
             unknown = await http.get("/api/v1/forecasts", params={"series": "nope"})
+            # "as issued at T": the stored vintage in force then, in JSON and CSV
+            latest = one.json()["pv1"]
+            vintages = {}
+            for horizon in ("ultra-short", "short"):
+                vintages[horizon] = await http.get("/api/v1/forecasts", params={
+                    "series": "pv1", "horizon": horizon, "issued_at": latest["issued_at"]})
+            as_csv = await http.get("/api/v1/forecasts", params={
+                "series": "pv1", "issued_at": latest["issued_at"], "format": "csv"})
+            before = await http.get("/api/v1/forecasts", params={
+                "series": "pv1", "issued_at": "2000-01-01T00:00:00+00:00"})
+            naive = await http.get("/api/v1/forecasts", params={
+                "series": "pv1", "issued_at": "2026-04-15T12:00:00"})
             schedule = await http.get("/api/v1/schedule")
             metrics = (await http.get("/metrics")).text
             sim_curtailed_j = demo.sim.plant.stats.curtailed_wh * 3600.0
@@ -104,6 +116,22 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
         assert all(a <= b <= c for a, b, c in zip(q["p10"], q["p50"], q["p90"], strict=True))
     assert one.status_code == 200 and set(one.json()) == {"pv1"}
     assert unknown.status_code == 404 and "unknown series" in unknown.json()["detail"]
+    for horizon, got in vintages.items():
+        assert got.status_code == 200, (horizon, got.text)
+        v = got.json()
+        assert v["horizon"] == horizon and v["issued_at"] <= latest["issued_at"]
+        assert set(v["quantiles_w"]) >= {"p10", "p50", "p90"} and len(v["index"]) >= 16
+    # the latest forecast takes its first 4 h from the ultra-short vintage issued with it
+    v = vintages["ultra-short"].json()
+    assert latest["horizon"] == "combined" and v["issued_at"] == latest["issued_at"]
+    assert v["quantiles_w"]["p50"][:16] == pytest.approx(latest["quantiles_w"]["p50"][:16])
+    assert as_csv.status_code == 200 and as_csv.headers["content-type"].startswith("text/csv")
+    lines = as_csv.text.splitlines()
+    assert lines[0].startswith("# series=pv1 issued_at=") and "unit=W" in lines[0]
+    assert lines[1].split(",")[0] == "valid_time" and "p50_w" in lines[1]
+    assert len(lines) == 2 + len(v["index"])
+    assert before.status_code == 404 and "issued at or before" in before.json()["detail"]
+    assert naive.status_code == 422 and "UTC offset" in naive.json()["detail"]
     assert schedule.status_code == 200
     plan = schedule.json()
     assert plan["status"] == "optimal"

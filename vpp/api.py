@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from vpp import __version__
 from vpp.controller import Controller
 from vpp.dispatch import schedule_payload
+from vpp.efile import forecast_efile
 from vpp.jsonutil import jsonable
 
 
@@ -95,7 +96,9 @@ def create_app(ctrl: Controller) -> FastAPI:
                         "issued at or before it, as stored")] = None,
         horizon: Annotated[Literal["ultra-short", "short"], Query(
             description="the product, for `issued_at`")] = "ultra-short",
-        format: Annotated[Literal["json", "csv"], Query()] = "json",
+        format: Annotated[Literal["json", "csv", "efile"], Query(
+            description="csv, or efile: the E-language file of Q/GDW 215 (docs/api.md)")
+                          ] = "json",
     ) -> Any:
         if series is not None and series not in ctrl.forecasters:
             raise HTTPException(404, f"unknown series {series!r}; series are "
@@ -104,13 +107,13 @@ def create_app(ctrl: Controller) -> FastAPI:
             return await _vintage(series, issued_at, horizon, format)
         fcs = ctrl.state.forecasts
         chosen = {k: v for k, v in fcs.items() if series is None or k == series}
-        if format == "csv":
+        if format != "json":
             if series is None:
-                raise HTTPException(422, "format=csv needs a series")
+                raise HTTPException(422, f"format={format} needs a series")
             if series not in chosen:
                 raise HTTPException(404, f"no forecast of {series} issued yet")
             f = chosen[series]
-            return _csv(f.to_frame(), series, f.issued_at, f.model)
+            return _export(f.to_frame(), series, f.issued_at, f.model, f.horizon, format)
         return JSONResponse(jsonable({k: {
             "series": k, "kind": f.kind, "issued_at": f.issued_at, "model": f.model,
             "horizon": f.horizon, "step_s": cfg.forecasting.step_s,
@@ -132,8 +135,9 @@ def create_app(ctrl: Controller) -> FastAPI:
             raise HTTPException(404, f"no {horizon} forecast of {series} issued at or before "
                                      f"{issued_at.isoformat()}")
         frame = df.rename(columns={q: f"p{round(q * 100):02d}_w" for q in df.columns})
-        if fmt == "csv":
-            return _csv(frame, series, df.attrs["issued_at"], df.attrs["model"])
+        if fmt != "json":
+            return _export(frame, series, df.attrs["issued_at"], df.attrs["model"], horizon,
+                           fmt)
         return JSONResponse(jsonable({
             "series": series, "horizon": horizon, "issued_at": df.attrs["issued_at"],
             "model": df.attrs["model"], "step_s": cfg.forecasting.step_s,
@@ -141,15 +145,23 @@ def create_app(ctrl: Controller) -> FastAPI:
             "quantiles_w": {c.removesuffix("_w"): frame[c].to_numpy() for c in frame.columns},
         }))
 
-    def _csv(frame: pd.DataFrame, series: str, issued_at: datetime, model: str) -> Response:
+    def _export(frame: pd.DataFrame, series: str, issued_at: datetime, model: str,
+                horizon: str, fmt: str) -> Response:
+        name = f"{series}-{horizon}-{issued_at.strftime('%Y%m%dT%H%M%SZ')}"
+        if fmt == "efile":
+            text = forecast_efile(site=cfg.site.id, series=series, horizon=horizon,
+                                  issued_at=issued_at, frame=frame,
+                                  timezone=cfg.site.timezone, step_s=cfg.forecasting.step_s,
+                                  capacity_w=ctrl.site_forecasts.capacity_w.get(series, 0.0))
+            return Response(text, media_type="text/plain; charset=utf-8", headers={
+                "Content-Disposition": f'attachment; filename="{name}.txt"'})
         out = frame.copy()
         out.index = [t.isoformat() for t in out.index]
         out.index.name = "valid_time"
-        head = (f"# series={series} issued_at={issued_at.isoformat()} model={model} "
-                f"unit=W step_s={cfg.forecasting.step_s}\n")
+        head = (f"# series={series} horizon={horizon} issued_at={issued_at.isoformat()} "
+                f"model={model} unit=W step_s={cfg.forecasting.step_s}\n")
         return Response(head + out.to_csv(float_format="%.1f"), media_type="text/csv",
-                        headers={"Content-Disposition": f'attachment; filename="{series}-'
-                                 f'{issued_at.strftime("%Y%m%dT%H%M%SZ")}.csv"'})
+                        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
     @app.get("/api/v1/schedule", summary="The plan in force, with its solve status")
     async def schedule() -> Any:

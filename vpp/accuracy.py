@@ -55,15 +55,14 @@ class LiveAccuracy:
         hi = fc.issued_at + timedelta(hours=leads[1])
         pending = self._pending.setdefault((fc.series, fc.horizon), {})
         cap = self.capacity_w[fc.series]
-        for t, v in zip(fc.index, fc.q(0.5), strict=True):
-            start = t.to_pydatetime()
-            if not lo < start + self.step <= hi:  # the step's end lead in (lo, hi]
-                continue
-            if clear_sky_w is not None:
-                sky = clear_sky_w.get(pd.Timestamp(start).floor("1min"))
-                if sky is None or sky < DAYLIGHT_RATIO * cap:
-                    continue
-            pending[start] = float(v)
+        ends = fc.index + self.step
+        keep = np.asarray((ends > pd.Timestamp(lo)) & (ends <= pd.Timestamp(hi)))
+        if clear_sky_w is not None:
+            sky = clear_sky_w.reindex(fc.index.floor("1min")).to_numpy(dtype=float)
+            keep &= np.nan_to_num(sky, nan=0.0) >= DAYLIGHT_RATIO * cap
+        p50 = fc.q(0.5)
+        for i in np.flatnonzero(keep):
+            pending[fc.index[i].to_pydatetime()] = float(p50[i])
         # predictions whose measurement never came (a gap) do not pile up
         old = [t for t in pending if t < fc.issued_at - timedelta(days=2)]
         for t in old:

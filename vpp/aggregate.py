@@ -111,7 +111,8 @@ def aggregate_fleet(fleet: Fleet) -> Aggregation:
 def pools(agg: Aggregation, inputs: DispatchInputs,
           soc_tolerance: float = SOC_TOLERANCE) -> dict[str, tuple[BatteryModel, ...]]:
     """This solve's battery pools: a class's batteries in service, by SOC, each pool within
-    ``soc_tolerance`` of its lowest member (the model cannot tell them apart)."""
+    ``soc_tolerance`` of its lowest member (the model cannot tell them apart); at least one
+    per class, empty when none is in service."""
     out: dict[str, tuple[BatteryModel, ...]] = {}
     for k, members in enumerate(agg.batteries):
         live = sorted((b for b in members if b.id not in inputs.batteries_out),
@@ -123,7 +124,9 @@ def pools(agg: Aggregation, inputs: DispatchInputs,
                     > soc_tolerance:
                 runs.append([])
             runs[-1].append(b)
-        out.update({f"batteries{k}.{j}": tuple(run) for j, run in enumerate(runs)})
+        # a class with none in service keeps an empty pool: the model is not rebuilt (a
+        # rebuild mid-run holds the interpreter for a while) when its batteries trip
+        out.update({f"batteries{k}.{j}": tuple(run) for j, run in enumerate(runs or [[]])})
     return out
 
 

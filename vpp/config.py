@@ -268,6 +268,9 @@ class ControlSection(_Frozen):
     margin_ratio: float = Field(default=0.03, ge=0, lt=0.5,
                                 description="enforce export ≤ cap × (1 − margin)")
     pcc_stale_s: float = Field(default=5.0, gt=0)
+    asset_lost_after_s: float = Field(default=10.0, ge=0, description=(
+        "an asset out of control this long is planned without (the real-time loop holds "
+        "it at once); a missed poll or two does not re-plan"))
     setpoint_deadband_ratio: float = Field(default=0.002, ge=0, lt=0.1)
     soc_taper_s: float = Field(default=600.0, gt=0)
     limit_revert_s: float = Field(

@@ -169,6 +169,7 @@ class Controller:
         self.oracle: Any = None
         self._solving: asyncio.Future[Schedule] | None = None
         self._out_of_service: frozenset[str] = frozenset()
+        self._uncontrolled_since: dict[str, datetime] = {}  # clock time it was first held
         self._metrics_at: datetime | None = None  # the last metrics update (clock time)
         self.enforce_params = EnforceParams(margin_ratio=config.control.margin_ratio,
                                             soc_taper_s=config.control.soc_taper_s)
@@ -587,10 +588,21 @@ class Controller:
 
     def _note_availability(self, gens: list[GeneratorNow], bats: list[BatteryNow],
                            flexes: list[FlexNow]) -> None:
-        """An asset lost or back changes the plan's numbers: re-plan at once."""
-        out = frozenset([*(g.id for g in gens if not g.controllable),
-                         *(b.id for b in bats if not b.controllable),
-                         *(f.id for f in flexes if not f.controllable)])
+        """An asset lost or back changes the plan's numbers: re-plan at once. Lost means
+        out of control for ``control.asset_lost_after_s`` (the real-time loop holds it
+        from the first step; a missed poll or two under load does not re-plan); back
+        means in control again."""
+        now = self.clock.now()
+        state = [*((g.id, g.controllable) for g in gens), *((b.id, b.controllable) for b in bats),
+                 *((f.id, f.controllable) for f in flexes)]
+        for aid, controllable in state:
+            if controllable:
+                self._uncontrolled_since.pop(aid, None)
+            else:
+                self._uncontrolled_since.setdefault(aid, now)
+        after = self.config.control.asset_lost_after_s
+        out = frozenset(a for a, t in self._uncontrolled_since.items()
+                        if (now - t).total_seconds() >= after)
         if out != self._out_of_service:
             lost, back = sorted(out - self._out_of_service), sorted(self._out_of_service - out)
             log.info("assets out of control %s, back %s: re-planning", lost, back)

@@ -26,7 +26,7 @@ from vpp.demo import Demo, DemoOptions
 
 log = logging.getLogger(__name__)
 
-FAULT_GRACE_S = 60.0  # cap violations this soon after a fault or trip begins are its own
+FAULT_GRACE_S = 60.0  # cap violations this soon after a fault begins or ends are its own
 PLANNERS = ("optimal", "perfect", "reactive")  # what a scenario can be played with
 
 
@@ -207,12 +207,13 @@ def fault_spans(events: Sequence[Event], bms_events: Sequence[tuple[float, str, 
 
 def violations_at_faults(violations: Sequence[tuple[float, float]],
                          spans: Sequence[tuple[float, float, str]]) -> float:
-    """Seconds over the cap within :data:`FAULT_GRACE_S` of a fault's (or trip's) start (a
-    plant step before it too: the fault's time is stamped as the injector logs it, which
-    may be just after the plant stepped into it)."""
-    starts = sorted(s for s, _, _ in spans)
+    """Seconds over the cap within :data:`FAULT_GRACE_S` of a fault's (or trip's) start or
+    end (a device failing, or coming back and taking up its setpoint), and a plant step
+    before it too: the fault's time is stamped as the injector logs it, which may be just
+    after the plant stepped into it."""
+    edges = sorted({t for s, e, _ in spans for t in (s, e)})
     return sum(dt for t, dt in violations
-               if any(-1.0 <= t - s <= FAULT_GRACE_S for s in starts))
+               if any(-1.0 <= t - edge <= FAULT_GRACE_S for edge in edges))
 
 
 def _iso(t_s: float, sc: Scenario) -> str:

@@ -26,6 +26,9 @@ sim_app = typer.Typer(help="The simulated plant (hardware-in-the-loop).", no_arg
 app.add_typer(sim_app, name="sim")
 forecast_app = typer.Typer(help="Forecast backtests and data.", no_args_is_help=True)
 app.add_typer(forecast_app, name="forecast")
+token_app = typer.Typer(help="API tokens (stored hashed in the controller's database).",
+                        no_args_is_help=True)
+app.add_typer(token_app, name="token")
 console = Console()
 err = Console(stderr=True)
 CONTROL_PORT = 8091  # vpp sim serve's fault control
@@ -140,7 +143,9 @@ def demo(
     async def go() -> None:
         async with d:
             view = LiveView(d, console)
-            view.print_urls()
+            assert d.services is not None
+            token = await d.services.issue_token("operator", f"demo-{int(time.time())}")
+            view.print_urls(token)
             try:
                 with view:
                     await d.wait(on_tick=view.update)
@@ -178,6 +183,78 @@ def run(
             raise typer.Exit(1) from None
     from vpp.service import serve
     _run(serve(cfg, console, clock=clock))
+
+
+def _token_storage(config: Path | None) -> Any:
+    """The database ``vpp run -c config`` uses (its storage section, else the default data
+    directory)."""
+    from vpp.service import default_data_dir
+    from vpp.storage import Storage
+    cfg = _load(config) if config is not None else None
+    url = cfg.storage.url if cfg is not None else None
+    if url is None:
+        d = (Path(cfg.storage.data_dir) if cfg is not None and cfg.storage.data_dir
+             else default_data_dir())
+        d.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{d / 'vpp.sqlite'}"
+    return Storage(url)
+
+
+ConfigOption = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="the site configuration whose database holds the tokens "
+    "(default: the default data directory's)")]
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="viewer, grid, operator or admin")],
+    name: Annotated[str, typer.Option(help="who holds it (unique), e.g. grid-dispatch")],
+    config: ConfigOption = None,
+) -> None:
+    """Create a token and print it once: only its SHA-256 is kept."""
+    from vpp.auth import Tokens
+    st = _token_storage(config)
+    try:
+        token = Tokens(st).create(name, role, datetime.now(UTC))
+    except ValueError as exc:
+        err.print(f"[bold red]token create:[/] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    finally:
+        st.close()
+    err.print(f"token for [bold]{name}[/] (role {role}); it is shown only now:")
+    print(token)
+
+
+@token_app.command("list")
+def token_list(config: ConfigOption = None) -> None:
+    """Tokens by name, role and dates (never the secrets)."""
+    from rich.table import Table
+    st = _token_storage(config)
+    try:
+        rows = st.list_tokens()
+    finally:
+        st.close()
+    t = Table("name", "role", "created", "revoked")
+    for r in rows:
+        t.add_row(r["name"], r["role"], f"{r['created_at']:%Y-%m-%d %H:%M}Z",
+                  "" if r["revoked_at"] is None else f"{r['revoked_at']:%Y-%m-%d %H:%M}Z")
+    console.print(t)
+
+
+@token_app.command("revoke")
+def token_revoke(name: Annotated[str, typer.Argument(help="the token's name")],
+                 config: ConfigOption = None) -> None:
+    """Revoke a token (a running controller refuses it within 5 s)."""
+    from vpp.auth import Tokens
+    st = _token_storage(config)
+    try:
+        done = Tokens(st).revoke(name, datetime.now(UTC))
+    finally:
+        st.close()
+    if not done:
+        err.print(f"no live token named {name!r}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"token {name} revoked")
 
 
 @app.command()

@@ -299,8 +299,30 @@ class MqttSection(_Frozen):
     username: str | None = None
     password: SecretStr | None = None
     tls: bool = False
+    tls_ca_file: str | None = Field(
+        default=None, description="CA bundle to trust; none: the system's")
+    tls_cert_file: str | None = Field(default=None, description="client certificate (PEM)")
+    tls_key_file: str | None = Field(
+        default=None, description="its private key (PEM); none: in tls_cert_file")
+    tls_insecure: bool = Field(
+        default=False, description="no hostname check (the certificate is still verified "
+        "against the CA); for tests only")
+    client_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]+$",
+        description="stable client id: a persistent session for commands; none: random")
     topic_prefix: str = Field(default="vpp", pattern=r"^[A-Za-z0-9_/-]+$")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _tls_settings(self) -> Self:
+        if not self.tls:
+            given = [f for f in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_insecure")
+                     if getattr(self, f)]
+            if given:
+                raise ValueError(f"{', '.join(given)} given but tls is false; set tls = true")
+        if self.tls_key_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_key_file needs tls_cert_file (the client certificate)")
+        return self
 
 
 class StorageSection(_Frozen):

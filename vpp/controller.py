@@ -46,6 +46,7 @@ from drivers import (
 from drivers.poller import cancel_and_wait
 from forecasting import Forecast
 from vpp.accuracy import LiveAccuracy
+from vpp.alarms import Alarm, AlarmBook, Severity
 from vpp.config import (
     REQUIRED_CAPABILITIES,
     SUNSPEC,
@@ -65,6 +66,7 @@ from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
 from vpp.planning import dispatcher_for, flex_windows
 from vpp.storage import Storage
+from vpp.trend import Trend, TrendPoint
 from vpp.weather import NwpArchive
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,7 @@ class ControllerState:
     export_cap_w: float = 0.0  # the cap in force now [W]
     plan_source: str | None = None  # optimal | last-good | rule-based | reactive
     plan_fallback_reason: str = ""
+    operating_mode: str = "auto"  # auto (the configured planner) | reactive (commands)
 
 
 class Controller:
@@ -193,6 +196,9 @@ class Controller:
         self._inflight: dict[tuple[str, PollClass], asyncio.Task[Any]] = {}
         self._heartbeat = 0
         self._written_at: dict[str, datetime] = {}
+        self.alarms = AlarmBook()
+        self._alarm_pending: dict[str, datetime] = {}  # condition seen since, not yet raised
+        self.trend = Trend(step_s=max(60.0, self.control_interval_s))
 
     # -- history ----------------------------------------------------------------------------
 
@@ -218,6 +224,8 @@ class Controller:
         """Run until ``stop`` is set."""
         self._forecast_pool()  # the forecast process starts while the devices are found
         await self.load_history()
+        if self.storage is not None:
+            self.alarms.load(await asyncio.to_thread(self.storage.read_alarms))
         try:
             await self.discover()
         except Exception:  # never fatal: undiscovered devices are held, and retried
@@ -551,6 +559,7 @@ class Controller:
             if self.metrics is not None:
                 self.metrics.fallbacks.inc()
         self._record(now, export)
+        self._watch(now, export, fresh, gens, bats)
 
     def _flex_now(self, polled: set[str], now: datetime) -> list[FlexNow]:
         """The flexible loads the plan steers (none with the reactive planner: their own
@@ -822,6 +831,81 @@ class Controller:
             "mode": cmd.mode.value if cmd else None,
             "worst_export_w": cmd.worst_export_w if cmd else None})
 
+    # -- alarms, the trend and commands --------------------------------------------------
+
+    def _watch(self, now: datetime, export: float | None, pcc_fresh: bool,
+               gens: list[GeneratorNow], bats: list[BatteryNow]) -> None:
+        """Raise and clear the alarms of what this step saw; note the trend point."""
+        delay = self.config.control.asset_lost_after_s
+        for aid, dev in self.devices.items():
+            self.set_alarm(f"device_offline:{aid}", dev.health.value == "offline",
+                           f"{aid} is offline: neither read nor controlled", after_s=delay)
+        st = self.state
+        self.set_alarm("pcc_meter_stale", not pcc_fresh,
+                       "the PCC meter is not read: export estimated from the devices or "
+                       "generation held", severity=Severity.CRITICAL, after_s=delay)
+        # raised above the cap; cleared once back inside half the enforcement margin
+        was = "export_cap_exceeded" in self.alarms.active_keys()
+        edge = st.export_cap_w * (1.0 - self.config.control.margin_ratio / 2 if was else 1.0)
+        over = export is not None and export > edge
+        self.set_alarm("export_cap_exceeded", over,
+                       f"export {0 if export is None else export / 1e6:.2f} MW above the cap "
+                       f"{st.export_cap_w / 1e6:.2f} MW", severity=Severity.CRITICAL)
+        if not self.trend.due(now):
+            return
+        sch, curtailed = st.schedule, None
+        k = None if sch is None else sch.step_at(now)
+        avail = [self.devices[g.id].value("available_power_w") for g in gens]
+        if all(a is not None for a in avail):
+            curtailed = sum(max(0.0, (a or 0.0) - g.output_w) for a, g in zip(avail, gens,
+                                                                               strict=True))
+        self.trend.add(TrendPoint(
+            ts=now, export_w=export, export_cap_w=st.export_cap_w,
+            planned_export_w=None if sch is None or k is None or not len(
+                sch.export_expected_w) else float(sch.export_expected_w[k]),
+            uncontrolled_export_w=None if export is None or curtailed is None else
+            export + curtailed - sum(b.power_w for b in bats),
+            curtailed_w=curtailed, soc={b.id: self.devices[b.id].value("soc") for b in bats}))
+
+    def set_alarm(self, key: str, active: bool, message: str, *,
+                  severity: Severity = Severity.WARNING, after_s: float = 0.0) -> None:
+        """The condition behind alarm ``key`` is (not) present; raised once it has been
+        present for ``after_s`` (a missed poll or two under load is not an alarm)."""
+        now = self.clock.now()
+        if not active:
+            self._alarm_pending.pop(key, None)
+        elif after_s > 0 and key not in self.alarms.active_keys():
+            since = self._alarm_pending.setdefault(key, now)
+            if (now - since).total_seconds() < after_s:
+                return
+        changed = self.alarms.set(key, active, now, message=message, severity=severity)
+        if changed is not None:
+            (log.warning if active else log.info)("alarm %s %s: %s", key,
+                                                  "raised" if active else "cleared", message)
+            self._alarm_changed(changed)
+
+    def _alarm_changed(self, alarm: Alarm) -> None:
+        if self.storage is not None:
+            self._store(self.storage.write_alarm, alarm.as_dict())
+        if self.mqtt is not None:
+            self.mqtt.publish(f"alarm/{alarm.key}", alarm.as_dict(), qos=1, retain=True)
+
+    def acknowledge_alarm(self, key: str, by: str) -> Alarm:
+        """An operator saw it (raises :class:`vpp.alarms.UnknownAlarmError`)."""
+        alarm = self.alarms.acknowledge(key, by, self.clock.now())
+        self._alarm_changed(alarm)
+        return alarm
+
+    def set_operating_mode(self, mode: str) -> str:
+        """``auto`` or ``reactive``; re-plans at once. Returns the mode before."""
+        if mode not in ("auto", REACTIVE):
+            raise ValueError(f"mode {mode!r} is not one of ['auto', 'reactive']")
+        before, self.state.operating_mode = self.state.operating_mode, mode
+        if mode != before:
+            log.warning("operating mode %s (was %s)", mode, before)
+            self._replan.set()
+        return before
+
     # -- planning ---------------------------------------------------------------------------
 
     async def plan_step(self) -> None:
@@ -941,7 +1025,7 @@ class Controller:
         d = self.config.dispatch
         start = _floor(now, d.step_s)
         inputs = self.dispatch_inputs(start)
-        if d.planner == REACTIVE:
+        if d.planner == REACTIVE or self.state.operating_mode == REACTIVE:
             return self._adopt(self._reactive_plan(inputs, now), None)
         if self._solving is not None and not self._solving.done():
             sch = Schedule(created_at=now, start=start, step_s=d.step_s,
@@ -1005,11 +1089,9 @@ class Controller:
                 m.solves[solve.status.value].inc()
                 m.solve_duration.set(solve.solve_time_s)
             m.plan_source.state(plan.source)
-        if self.mqtt is not None and plan.source != previous:
-            active = plan.source in (LAST_GOOD, RULE_BASED)
-            self.mqtt.publish("alarm/dispatch_fallback", {
-                "active": active, "source": plan.source, "reason": reason, "at": now},
-                qos=1, retain=True)
+        if plan.source != previous:
+            self.set_alarm("dispatch_fallback", plan.source in (LAST_GOOD, RULE_BASED),
+                           f"no optimal plan: {plan.source} plan in force ({reason})")
         if self.storage is not None:
             if solve is not None and not solve.status.usable:
                 self._store(self.storage.write_schedule, solve)

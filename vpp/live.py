@@ -32,7 +32,7 @@ class LiveView:
         self._live: Live | None = None
         self._last_hour: int | None = None
 
-    def print_urls(self) -> None:
+    def print_urls(self, token: str | None = None) -> None:
         d, c = self.demo, self.console
         svc = d.services
         assert svc is not None
@@ -41,6 +41,11 @@ class LiveView:
                 f"seed {d.seed}, control step {d.control_interval_s:g} s")
         c.print(f"  API      {svc.urls.api}   (also /api/v1/assets, /forecasts, /schedule)")
         c.print(f"  metrics  {svc.urls.metrics}")
+        if token is not None:
+            assert svc.api is not None
+            c.print(f"  console  {svc.api.url}/console/#token={token}")
+            c.print(f"  token    {token}   (role operator, this run only: "
+                    "Authorization: Bearer …)")
         c.print(f"  MQTT     {svc.urls.mqtt}")
         c.print(f"  storage  {svc.urls.database}")
         c.print("  Modbus   " + ", ".join(f"{a} {u}" for a, u in d.modbus_urls.items()))

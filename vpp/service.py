@@ -20,7 +20,9 @@ from rich.console import Console
 
 from vpp import __version__
 from vpp.api import ApiServer, create_app
+from vpp.auth import Tokens
 from vpp.broker import EmbeddedBroker, port_is_free
+from vpp.commands import Commands, MqttCommands
 from vpp.config import SiteConfig
 from vpp.controller import Clock, Controller
 from vpp.metrics import Metrics
@@ -66,6 +68,7 @@ class Services:
         self.storage: Storage | None = None
         self.api: ApiServer | None = None
         self.controller: Controller | None = None
+        self.tokens: Tokens | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._control_task: asyncio.Task[None] | None = None
         self.stopping = asyncio.Event()
@@ -83,21 +86,8 @@ class Services:
 
     async def _start(self) -> Services:
         cfg = self.config
-        if cfg.mqtt.enabled:
-            host, port = cfg.mqtt.host, cfg.mqtt.port
-            if cfg.mqtt.embedded:
-                self.broker = EmbeddedBroker(host=host, port=self._port(host, port))
-                await self.broker.start()
-                port = self.broker.port
-            self.mqtt = MqttBridge(
-                host=host, port=port, site=cfg.site.id, prefix=cfg.mqtt.topic_prefix,
-                username=cfg.mqtt.username, tls=cfg.mqtt.tls,
-                password=cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None)
-            topics = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/#"
-            self.urls.mqtt = f"mqtt://{host}:{port}  (topics {topics})"
-            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="vpp.mqtt"))
-        url = cfg.storage.url
-        if url is None:
+        data_dir: Path | None = None
+        if cfg.storage.url is None or cfg.mqtt.enabled:  # SQLite storage, the MQTT outbox
             if self.data_dir is not None:
                 data_dir = self.data_dir
             elif cfg.storage.data_dir is not None:
@@ -106,6 +96,27 @@ class Services:
                 self._tmp = tempfile.TemporaryDirectory(prefix="vpp-")
                 data_dir = Path(self._tmp.name)
             data_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.mqtt.enabled:
+            assert data_dir is not None
+            mq = cfg.mqtt
+            host, port = mq.host, mq.port
+            if mq.embedded:
+                self.broker = EmbeddedBroker(host=host, port=self._port(host, port))
+                await self.broker.start()
+                port = self.broker.port
+            self.mqtt = MqttBridge(
+                host=host, port=port, site=cfg.site.id, prefix=mq.topic_prefix,
+                username=mq.username,
+                password=mq.password.get_secret_value() if mq.password else None,
+                tls=mq.tls, tls_ca_file=mq.tls_ca_file, tls_cert_file=mq.tls_cert_file,
+                tls_key_file=mq.tls_key_file, tls_insecure=mq.tls_insecure,
+                client_id=mq.client_id, outbox_path=data_dir / "mqtt-outbox.sqlite")
+            topics = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/#"
+            self.urls.mqtt = f"mqtt://{host}:{port}  (topics {topics})"
+            self._tasks.append(asyncio.create_task(self.mqtt.run(), name="vpp.mqtt"))
+        url = cfg.storage.url
+        if url is None:
+            assert data_dir is not None
             url = f"sqlite:///{data_dir / 'vpp.sqlite'}"
         self.storage = await asyncio.to_thread(Storage, url)
         self.urls.database = url
@@ -118,7 +129,11 @@ class Services:
             self.controller.seed_history(self.history)
         for issue in self.weather_issues:  # the weather forecasts archived before the start
             self.controller.weather.add(issue)
-        self.api = ApiServer(create_app(self.controller), host=cfg.api.host,
+        self.tokens = Tokens(self.storage)
+        if self.mqtt is not None:
+            self.mqtt.on_command = MqttCommands(Commands(self.controller), self.tokens,
+                                                self.mqtt)
+        self.api = ApiServer(create_app(self.controller, self.tokens), host=cfg.api.host,
                              port=self._port(cfg.api.host, cfg.api.port))
         await self.api.start()
         self.urls.api = f"{self.api.url}/api/v1/health"
@@ -126,6 +141,13 @@ class Services:
         self._control_task = asyncio.create_task(self.controller.run(self.stopping),
                                                  name="vpp.controller")
         return self
+
+    async def issue_token(self, role: str, name: str) -> str:
+        """A new token (tests, the demo's console link); shown once, stored hashed."""
+        assert self.tokens is not None
+        assert self.controller is not None
+        return await asyncio.to_thread(self.tokens.create, name, role,
+                                       self.controller.clock.now())
 
     def check(self) -> None:
         """Raise the error of a part that died."""
@@ -144,6 +166,8 @@ class Services:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.mqtt is not None:
+            self.mqtt.close()  # the outbox keeps what was not acknowledged for the next start
         if self.broker is not None:
             await self.broker.stop()
         if self.storage is not None:
@@ -166,6 +190,10 @@ async def serve(config: SiteConfig, console: Console, *, clock: Clock | None = N
         console.print(f"  metrics  {svc.urls.metrics}")
         console.print(f"  MQTT     {svc.urls.mqtt or 'disabled'}")
         console.print(f"  storage  {svc.urls.database}")
+        assert svc.storage is not None
+        if not await asyncio.to_thread(svc.storage.list_tokens):
+            console.print("  [yellow]no API tokens yet[/]: create one with "
+                          "`vpp token create --role admin --name <who> -c <config>`")
         while True:
             svc.check()
             await asyncio.sleep(1.0)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -66,6 +67,44 @@ schedules = sa.Table(
 )
 
 
+# bearer tokens: only the SHA-256 of each is kept (vpp.auth)
+tokens = sa.Table(
+    "api_tokens", metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+# every command, from any channel, with its result: who, when, what, how it ended
+audit_log = sa.Table(
+    "audit_log", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("ts", sa.DateTime(timezone=True), nullable=False, index=True),
+    sa.Column("actor", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("channel", sa.String(8), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("params", sa.Text, nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+# each alarm's latest state (key: what it is about)
+alarms = sa.Table(
+    "alarms", metadata,
+    sa.Column("key", sa.String(96), primary_key=True),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("active", sa.Boolean, nullable=False),
+    sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("cleared_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("acked_by", sa.String(64), nullable=True),
+    sa.Column("acked_at", sa.DateTime(timezone=True), nullable=True),
+)
+
+
 def _utc(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
@@ -116,7 +155,7 @@ class Storage:
              .order_by(interval_means.c.ts))
         with self.engine.connect() as c:
             rows = c.execute(q).all()
-        idx = pd.DatetimeIndex([_utc(r[0]) for r in rows])
+        idx = pd.DatetimeIndex([_utc(r[0]) for r in rows], tz="UTC")
         return pd.Series([r[1] for r in rows], index=idx, dtype=float)
 
     def write_forecast(self, fc: Forecast) -> None:
@@ -161,6 +200,98 @@ class Storage:
                 "created_at": sch.created_at, "start": sch.start, "status": sch.status.value,
                 "solver": sch.solver, "solve_time_s": sch.solve_time_s, "objective": obj,
                 "plan": json.dumps(jsonable(plan))}])
+
+    def read_schedules(self, since: datetime, until: datetime, *, limit: int = 100
+                       ) -> list[dict[str, Any]]:
+        """Plans and failed solves created in [since, until), newest first, with inputs."""
+        q = (sa.select(schedules).where((schedules.c.created_at >= since)
+                                        & (schedules.c.created_at < until))
+             .order_by(schedules.c.created_at.desc(), schedules.c.id.desc()).limit(limit))
+        with self.engine.connect() as c:
+            rows = c.execute(q).mappings().all()
+        return [{"id": r["id"], "created_at": _utc(r["created_at"]), "start": _utc(r["start"]),
+                 "status": r["status"], "solver": r["solver"],
+                 "solve_time_s": r["solve_time_s"], "objective": r["objective"],
+                 **json.loads(r["plan"])} for r in rows]
+
+    def read_telemetry(self, asset_id: str, point: str, since: datetime,
+                       until: datetime) -> pd.Series:
+        """A point's stored samples in [since, until) (good and bad: NaN where no value)."""
+        q = (sa.select(telemetry.c.ts, telemetry.c.value)
+             .where((telemetry.c.asset_id == asset_id) & (telemetry.c.point == point)
+                    & (telemetry.c.ts >= since) & (telemetry.c.ts < until))
+             .order_by(telemetry.c.ts))
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+        idx = pd.DatetimeIndex([_utc(r[0]) for r in rows], tz="UTC")
+        return pd.Series([np.nan if r[1] is None else r[1] for r in rows], index=idx,
+                         dtype=float)
+
+    # -- tokens -----------------------------------------------------------------------------
+
+    def create_token(self, name: str, role: str, digest: str, now: datetime) -> None:
+        """A new token (``name`` unique among tokens not revoked; a revoked name is reused)."""
+        with self.engine.begin() as c:
+            old = c.execute(sa.select(tokens.c.revoked_at).where(tokens.c.name == name)).first()
+            if old is not None and old[0] is None:
+                raise ValueError(f"a token named {name!r} exists; revoke it first "
+                                 "(vpp token revoke) or choose another name")
+            if old is not None:
+                c.execute(tokens.delete().where(tokens.c.name == name))
+            c.execute(tokens.insert(), [{"name": name, "role": role, "digest": digest,
+                                         "created_at": now, "revoked_at": None}])
+
+    def revoke_token(self, name: str, now: datetime) -> bool:
+        with self.engine.begin() as c:
+            n = c.execute(tokens.update().where((tokens.c.name == name)
+                                                & tokens.c.revoked_at.is_(None))
+                          .values(revoked_at=now)).rowcount
+        return bool(n)
+
+    def token_by_digest(self, digest: str) -> tuple[str, str] | None:
+        """(name, role) of the live token with this digest."""
+        with self.engine.connect() as c:
+            r = c.execute(sa.select(tokens.c.name, tokens.c.role).where(
+                (tokens.c.digest == digest) & tokens.c.revoked_at.is_(None))).first()
+        return None if r is None else (r[0], r[1])
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(tokens.c.name, tokens.c.role, tokens.c.created_at,
+                                       tokens.c.revoked_at).order_by(tokens.c.name)).all()
+        return [{"name": r[0], "role": r[1], "created_at": _utc(r[2]),
+                 "revoked_at": None if r[3] is None else _utc(r[3])} for r in rows]
+
+    # -- audit log and alarms ---------------------------------------------------------------
+
+    def write_audit(self, *, ts: datetime, actor: str, role: str, channel: str, action: str,
+                    params: dict[str, Any], ok: bool, detail: str) -> int:
+        with self.engine.begin() as c:
+            r = c.execute(audit_log.insert().returning(audit_log.c.id), [{
+                "ts": ts, "actor": actor, "role": role, "channel": channel, "action": action,
+                "params": json.dumps(jsonable(params)), "ok": ok, "detail": detail}])
+            return int(r.scalar_one())
+
+    def read_audit(self, *, limit: int = 100, since: datetime | None = None
+                   ) -> list[dict[str, Any]]:
+        q = sa.select(audit_log).order_by(audit_log.c.id.desc()).limit(limit)
+        if since is not None:
+            q = q.where(audit_log.c.ts >= since)
+        with self.engine.connect() as c:
+            rows = c.execute(q).mappings().all()
+        return [{**dict(r), "ts": _utc(r["ts"]), "params": json.loads(r["params"])}
+                for r in rows]
+
+    def write_alarm(self, row: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(alarms.delete().where(alarms.c.key == row["key"]))
+            c.execute(alarms.insert(), [row])
+
+    def read_alarms(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(alarms)).mappings().all()
+        return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in r.items()}
+                for r in rows]
 
     def count(self, table: str) -> int:
         with self.engine.connect() as c:

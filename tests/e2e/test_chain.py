@@ -55,7 +55,9 @@ async def test_midday_cap_holds_on_the_meter_with_every_interface(demo_config: S
         sub = asyncio.create_task(collect("127.0.0.1", svc.broker.port,
                                           f"vpp/{cfg.site.id}/#", seen, ready))
         await asyncio.wait_for(ready.wait(), 10)
-        async with httpx.AsyncClient(base_url=svc.api.url, timeout=10) as http:
+        token = await svc.issue_token("viewer", "chain-test")
+        async with httpx.AsyncClient(base_url=svc.api.url, timeout=10, headers={
+                "Authorization": f"Bearer {token}"}) as http:
             # the first forecasts (the forecast process starts, fits, issues) and plan
             for _ in range(120):
                 health = (await http.get("/api/v1/health")).json()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from drivers import Quality, Sample
 from forecasting import Forecast
@@ -16,19 +13,6 @@ from vpp.dispatch import Schedule, SolveStatus
 from vpp.storage import Storage
 
 T0 = datetime(2026, 4, 15, 4, tzinfo=UTC)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'vpp.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    st = Storage(url)
-    try:
-        yield st
-    finally:
-        st.close()
 
 
 def test_backend_and_wal(storage: Storage) -> None:

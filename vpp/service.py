@@ -181,7 +181,8 @@ async def serve(config: SiteConfig, console: Console, *, clock: Clock | None = N
     simulator's), with the control step the clock's speed allows."""
     from sim.clock import WallClock
     from vpp.demo import auto_control_interval_s
-    data_dir = None if config.storage.url or config.storage.data_dir else default_data_dir()
+    # the default data directory holds SQLite storage and, with any storage, the MQTT outbox
+    data_dir = None if config.storage.data_dir else default_data_dir()
     clock = clock or WallClock()
     async with Services(config, clock=clock, data_dir=data_dir,
                         control_interval_s=auto_control_interval_s(config, clock.speed)) as svc:

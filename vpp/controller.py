@@ -56,12 +56,26 @@ from vpp.config import (
     SiteConfig,
     WindAsset,
 )
-from vpp.dispatch import DispatchInputs, Schedule, SolveStatus, schedule_payload
+from vpp.dispatch import (
+    DispatchInputs,
+    Schedule,
+    SolveStatus,
+    schedule_from_row,
+    schedule_payload,
+)
 from vpp.enforce import BatteryNow, Command, EnforceParams, FlexNow, GeneratorNow, enforce
 from vpp.fallback import LAST_GOOD, OPTIMAL, RULE_BASED, last_good, rule_based_plan
 from vpp.forecasts import SiteForecasts, clear_sky_envelope, run_forecasts, warm_up
 from vpp.history import IntervalHistory
-from vpp.instructions import DemandResponse, ExportProfile, GridInstructions
+from vpp.instructions import (
+    KEEP_ENDED,
+    DemandResponse,
+    ExportProfile,
+    GridInstructions,
+    Instruction,
+    apply_record,
+    to_record,
+)
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
 from vpp.planning import dispatcher_for, flex_windows
@@ -197,6 +211,7 @@ class Controller:
         self._heartbeat = 0
         self._written_at: dict[str, datetime] = {}
         self.alarms = AlarmBook()
+        self._unsettled: list[asyncio.Future[Any]] = []  # writes a command's answer awaits
         self._alarm_pending: dict[str, datetime] = {}  # condition seen since, not yet raised
         self.trend = Trend(step_s=max(60.0, self.control_interval_s))
 
@@ -224,8 +239,7 @@ class Controller:
         """Run until ``stop`` is set."""
         self._forecast_pool()  # the forecast process starts while the devices are found
         await self.load_history()
-        if self.storage is not None:
-            self.alarms.load(await asyncio.to_thread(self.storage.read_alarms))
+        await self.restore()
         try:
             await self.discover()
         except Exception:  # never fatal: undiscovered devices are held, and retried
@@ -363,12 +377,14 @@ class Controller:
         """A grid instruction: from ``effective`` on, the export cap is ``export_cap_w``
         [W]. Plans made from now on keep it; enforcement meets it as it takes effect."""
         self.instructions.set_cap(effective, export_cap_w)
+        self._keep_instruction((effective, export_cap_w))
         log.info("export cap %.1f MW from %s", export_cap_w / 1e6, effective.isoformat())
         self._replan.set()
 
     def instruct_demand_response(self, dr: DemandResponse) -> None:
         """A grid instruction: reduce export and/or import by the given amounts in a window."""
         self.instructions.add_demand_response(dr)
+        self._keep_instruction(dr)
         log.info("demand response %s to %s: export -%.1f MW, import -%.1f MW",
                  dr.start.isoformat(), dr.end.isoformat(), dr.export_reduction_w / 1e6,
                  dr.import_reduction_w / 1e6)
@@ -377,6 +393,7 @@ class Controller:
     def instruct_export_profile(self, profile: ExportProfile) -> None:
         """A grid instruction: export this profile where the cap allows."""
         self.instructions.set_profile(profile)
+        self._keep_instruction(profile)
         log.info("export profile of %d steps from %s", len(profile.export_w),
                  profile.start.isoformat())
         self._replan.set()
@@ -455,10 +472,10 @@ class Controller:
                 proc.terminate()
         await loop.run_in_executor(None, self._io.shutdown, True)
 
-    def _store(self, fn: Any, *args: Any) -> None:
+    def _store(self, fn: Any, *args: Any) -> asyncio.Future[Any] | None:
         """Queue a storage write; a failure is logged and counted, not lost silently."""
         if self.storage is None:
-            return
+            return None
         fut = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
         def done(f: asyncio.Future[Any]) -> None:
@@ -467,6 +484,54 @@ class Controller:
                 if self.metrics is not None:
                     self.metrics.storage_errors.inc()
         fut.add_done_callback(done)
+        return fut
+
+    def _keep(self, fn: Any, *args: Any) -> None:
+        """A write a command's answer waits for (:meth:`settle`): what is acknowledged is
+        stored."""
+        fut = self._store(fn, *args)
+        if fut is not None:
+            self._unsettled.append(fut)
+
+    async def settle(self) -> bool:
+        """Wait for the writes of the commands applied so far; False if one failed."""
+        pending, self._unsettled = self._unsettled, []
+        done = await asyncio.gather(*pending, return_exceptions=True)
+        return not any(isinstance(d, BaseException) for d in done)
+
+    def _keep_instruction(self, ins: Instruction) -> None:
+        if self.storage is not None:
+            kind, ends, body = to_record(ins)
+            self._keep(self.storage.write_instruction, self.clock.now(), kind, ends, body)
+
+    async def restore(self) -> None:
+        """Resume from storage: the grid's instructions still of use, the operating mode,
+        alarm state, and the last plan while it still covers now (as last-good)."""
+        st = self.storage
+        if st is None:
+            return
+        loop, now = asyncio.get_running_loop(), self.clock.now()
+        rows = await loop.run_in_executor(self._io, st.read_instructions, now - KEEP_ENDED)
+        for kind, body in rows:
+            try:
+                apply_record(self.instructions, kind, body)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("stored %s instruction not resumed (%s): %s", kind, exc, body)
+        settings = await loop.run_in_executor(self._io, st.read_settings)
+        mode = settings.get("operating_mode", "auto")
+        if mode in ("auto", REACTIVE):
+            self.state.operating_mode = mode
+        self.alarms.load(await loop.run_in_executor(self._io, st.read_alarms))
+        row = await loop.run_in_executor(self._io, st.latest_plan)
+        plan = last_good(schedule_from_row(row), now) if row is not None else None
+        if plan is not None:
+            self.state.schedule, self.state.plan_source = plan, plan.source
+            self.state.plan_fallback_reason = "resumed after a restart"
+        self.state.export_cap_w = self.export_cap_at(now)
+        if rows or plan is not None or "operating_mode" in settings:
+            log.warning("resumed from storage: %d instruction(s), mode %s, %s", len(rows),
+                        self.state.operating_mode, "the plan of " + plan.created_at.isoformat()
+                        if plan is not None else "no plan still in force")
 
     # -- control ----------------------------------------------------------------------------
 
@@ -904,6 +969,8 @@ class Controller:
         if mode != before:
             log.warning("operating mode %s (was %s)", mode, before)
             self._replan.set()
+        if self.storage is not None:
+            self._keep(self.storage.write_setting, "operating_mode", mode, self.clock.now())
         return before
 
     # -- planning ---------------------------------------------------------------------------

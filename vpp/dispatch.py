@@ -710,3 +710,28 @@ def schedule_payload(sch: Schedule) -> dict[str, Any]:
 
 
 
+
+
+def schedule_from_row(row: dict[str, Any]) -> Schedule:
+    """A stored plan (``Storage.latest_plan``) as a Schedule again, without its inputs."""
+    p = row["plan"]
+
+    def arrays(name: str) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v, dtype=float) for k, v in (p.get(name) or {}).items()}
+
+    def array(name: str) -> np.ndarray:
+        return np.asarray(p.get(name) or [], dtype=float)
+
+    obj = row.get("objective")
+    return Schedule(
+        created_at=row["created_at"], start=row["start"], step_s=int(p["step_s"]),
+        status=SolveStatus(row["status"]), solver=row["solver"],
+        solve_time_s=float(row["solve_time_s"]),
+        objective=float("nan") if obj is None else float(obj),
+        battery_w=arrays("battery_w"), soc=arrays("soc"), gen_limit_w=arrays("gen_limit_w"),
+        expected_curtailment_w=arrays("expected_curtailment_w"), flex_w=arrays("flex_w"),
+        export_worst_w=array("export_worst_w"), export_expected_w=array("export_expected_w"),
+        export_cap_w=array("export_cap_w"), import_limit_w=array("import_limit_w"),
+        terms={k: float(v) for k, v in (p.get("terms") or {}).items() if v is not None},
+        simultaneous_wh=float(p.get("simultaneous_wh") or 0.0),
+        source=p.get("source", "optimal"), message=p.get("message", ""))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import numpy as np
 
@@ -156,3 +157,40 @@ class GridInstructions:
                     i = int((mid - p.start).total_seconds() // p.step_s)
                     track[k] = p.export_w[i]
         return cap, imp, track
+
+
+# -- as stored (a restart resumes them) ------------------------------------------------------
+
+Instruction = tuple[datetime, float] | DemandResponse | ExportProfile  # a cap: (effective, W)
+
+
+def to_record(ins: Instruction) -> tuple[str, datetime | None, dict[str, Any]]:
+    """(kind, when it stops mattering (None: a cap, in force until the next), JSON body)."""
+    if isinstance(ins, DemandResponse):
+        return "demand_response", ins.end, {
+            "start": ins.start.isoformat(), "end": ins.end.isoformat(),
+            "export_reduction_w": ins.export_reduction_w,
+            "import_reduction_w": ins.import_reduction_w}
+    if isinstance(ins, ExportProfile):
+        return "export_profile", ins.end, {"start": ins.start.isoformat(),
+                                           "step_s": ins.step_s, "export_w": list(ins.export_w)}
+    effective, cap_w = ins
+    return "cap", None, {"effective": effective.isoformat(), "export_cap_w": cap_w}
+
+
+def apply_record(book: GridInstructions, kind: str, b: dict[str, Any]) -> None:
+    """Put a stored instruction back (as it was given: in the order they were)."""
+    if kind == "cap":
+        book.set_cap(datetime.fromisoformat(str(b["effective"])), float(b["export_cap_w"]))
+    elif kind == "demand_response":
+        book.add_demand_response(DemandResponse(
+            start=datetime.fromisoformat(str(b["start"])),
+            end=datetime.fromisoformat(str(b["end"])),
+            export_reduction_w=float(b["export_reduction_w"]),
+            import_reduction_w=float(b["import_reduction_w"])))
+    elif kind == "export_profile":
+        book.set_profile(ExportProfile(
+            start=datetime.fromisoformat(str(b["start"])), step_s=int(b["step_s"]),
+            export_w=tuple(float(v) for v in b["export_w"])))
+    else:
+        raise ValueError(f"stored instruction of unknown kind {kind!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from importlib.resources import files
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from drivers.telemetry import Sample
 from forecasting.models import Forecast
-from vpp.dispatch import Schedule, schedule_payload
+from vpp.dispatch import Schedule, SolveStatus, schedule_payload
 from vpp.jsonutil import jsonable
 
 metadata = sa.MetaData()
@@ -105,6 +106,42 @@ alarms = sa.Table(
 )
 
 
+# what a restart resumes from: every grid instruction still of use, and settings (the mode)
+grid_instructions = sa.Table(
+    "grid_instructions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("ends_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("body", sa.Text, nullable=False),
+)
+
+controller_settings = sa.Table(
+    "controller_settings", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+USABLE = [s.value for s in SolveStatus if s.usable]
+BASELINE = "0001"  # the schema before migrations: a database without a version holds it
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (vpp/migrations): a new database gets every
+    table; one made before migrations existed is stamped at the baseline first."""
+    from alembic import command
+    from alembic.config import Config
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("vpp") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        names = set(sa.inspect(conn).get_table_names())
+        if "alembic_version" not in names and "telemetry" in names:
+            command.stamp(cfg, BASELINE)
+        command.upgrade(cfg, "head")
+
+
 def _utc(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
@@ -122,7 +159,7 @@ class Storage:
                 cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
-        metadata.create_all(self.engine)
+        migrate(self.engine)
 
     @property
     def backend(self) -> str:
@@ -292,6 +329,50 @@ class Storage:
             rows = c.execute(sa.select(alarms)).mappings().all()
         return [{k: _utc(v) if isinstance(v, datetime) else v for k, v in r.items()}
                 for r in rows]
+
+    # -- what a restart resumes from ----------------------------------------------------------
+
+    def write_instruction(self, created_at: datetime, kind: str, ends_at: datetime | None,
+                          body: dict[str, Any]) -> None:
+        with self.engine.begin() as c:
+            c.execute(grid_instructions.insert(), [{
+                "created_at": created_at, "kind": kind, "ends_at": ends_at,
+                "body": json.dumps(body)}])
+
+    def read_instructions(self, still_of_use_at: datetime) -> list[tuple[str, dict[str, Any]]]:
+        """(kind, body) of every instruction in the order given: caps all (the last one in
+        force matters), windows and profiles not ended by ``still_of_use_at``."""
+        q = (sa.select(grid_instructions.c.kind, grid_instructions.c.body)
+             .where(grid_instructions.c.ends_at.is_(None)
+                    | (grid_instructions.c.ends_at > still_of_use_at))
+             .order_by(grid_instructions.c.id))
+        with self.engine.connect() as c:
+            return [(r[0], json.loads(r[1])) for r in c.execute(q).all()]
+
+    def write_setting(self, key: str, value: Any, now: datetime) -> None:
+        with self.engine.begin() as c:
+            c.execute(controller_settings.delete().where(controller_settings.c.key == key))
+            c.execute(controller_settings.insert(), [{"key": key, "value": json.dumps(value),
+                                                      "updated_at": now}])
+
+    def read_settings(self) -> dict[str, Any]:
+        with self.engine.connect() as c:
+            rows = c.execute(sa.select(controller_settings.c.key,
+                                       controller_settings.c.value)).all()
+        return {r[0]: json.loads(r[1]) for r in rows}
+
+    def latest_plan(self) -> dict[str, Any] | None:
+        """The newest stored plan that was put in force (a solve's or the rules'), as
+        :func:`vpp.dispatch.schedule_from_row` takes it."""
+        q = (sa.select(schedules).where(schedules.c.status.in_(USABLE))
+             .order_by(schedules.c.created_at.desc(), schedules.c.id.desc()).limit(1))
+        with self.engine.connect() as c:
+            r = c.execute(q).mappings().first()
+        if r is None:
+            return None
+        return {**{k: r[k] for k in ("status", "solver", "solve_time_s", "objective")},
+                "created_at": _utc(r["created_at"]), "start": _utc(r["start"]),
+                "plan": json.loads(r["plan"])}
 
     def count(self, table: str) -> int:
         with self.engine.connect() as c:

@@ -16,7 +16,16 @@ from operator import le, mul
 
 from drivers.connection import ILLEGAL_ADDRESS, DeviceError, ExceptionReply, ModbusConnection
 from drivers.profile import MAX_READ_REGISTERS, Access, Point, PollClass, Profile, Table
-from drivers.registers import TYPE_TABLE, RegisterType, WordOrder, decode, encode
+from drivers.registers import (
+    SCALE_FACTOR_MAX,
+    SCALE_FACTOR_MIN,
+    TYPE_TABLE,
+    RegisterType,
+    WordOrder,
+    decode,
+    encode,
+    nearest_raw,
+)
 from drivers.samples import SampleQueue
 from drivers.telemetry import Quality, Sample
 
@@ -35,6 +44,12 @@ class Health(StrEnum):
 
 class WriteError(DeviceError):
     """A write that did not take: refused, failed, or read back different, until its deadline."""
+
+
+class WriteRefusedError(WriteError, ValueError):
+    """A write the profile does not allow, refused before anything is sent: a value that is
+    not a finite number, or a point no register value of which lies in its allowed range.
+    (A read-only point is refused with :class:`PermissionError`.)"""
 
 
 @dataclass(frozen=True)
@@ -120,10 +135,7 @@ class BlockCodec:
         self.units = tuple(p.unit for p in pts)
         self.struct = block_struct(block, profile)
         self.text = any(p.type is RegisterType.STRING for p in pts)  # always point by point
-        self.invalid = tuple(
-            frozenset(p.invalid) if p.invalid is not None else
-            frozenset() if TYPE_TABLE[p.type].not_implemented is None else
-            frozenset((TYPE_TABLE[p.type].not_implemented,)) for p in pts)
+        self.invalid = tuple(_markers(p) for p in pts)
         self.lo = [_ANY[0] if p.valid_min is None else p.valid_min for p in pts]
         self.hi = [_ANY[1] if p.valid_max is None else p.valid_max for p in pts]
         self.sf_of = tuple(p.scale_register for p in pts)
@@ -309,7 +321,10 @@ class Device:
                 for i in codec.scale_factors:
                     r = raw[i]
                     if isinstance(r, int) and r not in codec.invalid[i]:
-                        sf[codec.names[i]] = r
+                        if SCALE_FACTOR_MIN <= r <= SCALE_FACTOR_MAX:
+                            sf[codec.names[i]] = r
+                        else:  # not a factor (10^309 overflows): its values read missing
+                            sf.pop(codec.names[i], None)
         names: list[str] = []
         for codec, raw, ts in reads:
             n = len(codec.names)
@@ -361,29 +376,56 @@ class Device:
     # -- writing ----------------------------------------------------------------------------
 
     def _encode_write(self, p: Point, value: float) -> tuple[list[int], float, bool]:
+        """The registers to send for ``value`` [the point's unit], the engineering value they
+        hold, and whether ``value`` was clamped.
+
+        The write guard: only a ``rw`` point (else :class:`PermissionError`), only a finite
+        number (else :class:`WriteRefusedError`, naming the asset, point, value and allowed
+        range), clamped into the profile's range (logged and counted), then rounded to a
+        register value whose engineering value is inside that range too and is no "no
+        value" marker. Nothing is sent when it raises.
+        """
+        where = f"{self.asset_id}.{p.name}"
         if p.access is not Access.READ_WRITE:
-            raise PermissionError(f"{self.asset_id}: point {p.name} is read-only")
-        if not math.isfinite(value):
-            raise ValueError(f"{self.asset_id}.{p.name}: refusing to write {value}")
+            raise PermissionError(f"{where}: the point is read-only in profile "
+                                  f"{self.profile.name}; nothing written")
         sf = 0
         if p.scale_register is not None:
             if p.scale_register not in self._sf:
-                raise DeviceError(f"{self.asset_id}.{p.name}: its scale factor "
+                raise DeviceError(f"{where}: its scale factor "
                                   f"{p.scale_register} has not been read yet")
             sf = self._sf[p.scale_register]
         lo, hi = p.writable_range(sf)
+        allowed = f"allowed [{lo:g}, {hi:g}]{' ' + p.unit if p.unit else ''}"
+        if not math.isfinite(value):
+            raise WriteRefusedError(f"{where}: refusing to write {value}: not a finite "
+                                    f"number; {allowed}; nothing written")
         sent = min(max(value, lo), hi)
         clamped = sent != value
+        words, written = self._fit(p, sent, sf, lo, hi, allowed)
         if clamped:
             self.clamps += 1
-            log.warning("%s.%s: setpoint %.1f clamped to %.1f (allowed [%.1f, %.1f])",
-                        self.asset_id, p.name, value, sent, lo, hi)
-        words = encode(sent / p.gain(sf), p.type, self.profile.order_of(p), p.length)
-        return words, sent, clamped
+            log.warning("%s: setpoint %g clamped to %g (%s)", where, value, written, allowed)
+        return words, written, clamped
+
+    def _fit(self, p: Point, target: float, sf: int, lo: float, hi: float,
+             allowed: str) -> tuple[list[int], float]:
+        """Registers for ``target`` (inside [lo, hi]): the nearest raw value whose
+        engineering value (raw × gain, as it is read back) stays inside [lo, hi] and is not
+        one of the point's "no value" markers."""
+        g = p.gain(sf)
+        raw: int | float | None = None
+        if p.type is not RegisterType.STRING and math.isfinite(g) and g != 0 and lo <= hi:
+            raw = nearest_raw(target, g, lo, hi, p.type, _markers(p))
+        if raw is None:
+            raise WriteRefusedError(f"{self.asset_id}.{p.name}: no {p.type} register value "
+                                    f"× {g:g} lies in the range ({allowed}); nothing written")
+        return encode(raw, p.type, self.profile.order_of(p), p.length), raw * g
 
     async def write(self, point_name: str, value: float, *, verify: bool = True,
                     deadline_s: float | None = None) -> WriteResult:
-        """Write an engineering value to a writable point, clamped to its allowed range.
+        """Write an engineering value to a writable point, clamped to its allowed range
+        (the write guard: :meth:`_encode_write`).
 
         With ``verify`` the register is read back and must hold what was sent; a failed or
         mismatched write is retried until ``deadline_s`` (default: 3 × the request timeout)
@@ -391,7 +433,8 @@ class Device:
         """
         p = self._by_name.get(point_name)
         if p is None:
-            raise KeyError(f"profile {self.profile.name} has no point {point_name!r}")
+            raise KeyError(f"{self.asset_id}: profile {self.profile.name} has no point "
+                           f"{point_name!r}; nothing written")
         words, sent, clamped = self._encode_write(p, value)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (deadline_s if deadline_s is not None
@@ -416,6 +459,14 @@ class Device:
                 raise WriteError(f"{self.asset_id}.{point_name} = {sent:.1f} failed after "
                                  f"{attempts} attempt(s): {last}") from last
             await asyncio.sleep(min(0.05 * attempts, 0.5))
+
+
+def _markers(p: Point) -> frozenset[int]:
+    """The raw values that mean "no value" for a point: its own, else its type's sentinel."""
+    if p.invalid is not None:
+        return frozenset(p.invalid)
+    sentinel = TYPE_TABLE[p.type].not_implemented
+    return frozenset() if sentinel is None else frozenset((sentinel,))
 
 
 _Read = tuple[BlockCodec, tuple[int | float | str, ...] | None, datetime]

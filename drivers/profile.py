@@ -62,7 +62,8 @@ _CAPABILITY_POINTS: dict[Capability, tuple[str, Access]] = {
 class Point(BaseModel):
     """One value on a device: where it lives, how to decode it, and what it means."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN or infinity in a range would make max()/min() ignore the bound: numbers only
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     table: Table
@@ -97,6 +98,18 @@ class Point(BaseModel):
             raise ValueError(f"point {self.name}: write_min/write_max need access 'rw'")
         if self.access is Access.READ_WRITE and self.table is Table.INPUT:
             raise ValueError(f"point {self.name}: input registers cannot be written")
+        if has_range and self.type is not RegisterType.STRING:
+            if (self.write_min is not None and self.write_max is not None
+                    and self.write_min > self.write_max):
+                raise ValueError(f"point {self.name}: write_min {self.write_min:g} is above "
+                                 f"write_max {self.write_max:g}")
+            lo, hi = self.writable_range()
+            if self.scale_register is None and lo > hi:
+                info = TYPE_TABLE[self.type]
+                ends = sorted((info.min_value * self.scale, info.max_value * self.scale))
+                raise ValueError(f"point {self.name}: write_min/write_max lie outside what a "
+                                 f"{self.type} × {self.scale:g} holds [{ends[0]:g}, "
+                                 f"{ends[1]:g}]")
         end = self.address + self.registers
         if end > 0x10000:
             raise ValueError(f"point {self.name}: registers {self.address}..{end - 1} exceed 65535")
@@ -248,6 +261,14 @@ def load_profile_file(path: Path) -> Profile:
                            + "\n".join(validation_lines(exc))) from exc
 
 
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False for names no file can have (too long, a NUL)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def shipped_profiles() -> list[str]:
     """Names of the profiles that ship with the package."""
     return sorted(p.stem for p in PROFILE_DIR.glob("*.yaml"))
@@ -257,10 +278,10 @@ def shipped_profiles() -> list[str]:
 def load_profile(name: str) -> Profile:
     """Load a shipped profile by name, or a profile file by path."""
     path = Path(name)
-    if path.suffix in {".yaml", ".yml"} and path.exists():
+    if path.suffix in {".yaml", ".yml"} and _is_file(path):
         return load_profile_file(path)
     candidate = PROFILE_DIR / f"{name}.yaml"
-    if not candidate.exists():
+    if not _is_file(candidate):
         raise ProfileError(
             f"unknown profile {name!r}; shipped profiles are {', '.join(shipped_profiles())}, "
             "or give a path to a .yaml file"

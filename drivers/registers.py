@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -64,6 +65,11 @@ TYPE_TABLE: dict[RegisterType, TypeInfo] = {
     RegisterType.BITFIELD16: TypeInfo(1, ">H", 0, 0xFFFF, 0xFFFF),
     RegisterType.BITFIELD32: TypeInfo(2, ">I", 0, 0xFFFF_FFFF, 0xFFFF_FFFF),
 }
+
+
+# A SunSpec scale factor (``sunssf``, an i16 power of ten) lies in -10..10; any other value
+# is not a factor (and 10^309 does not fit a float).
+SCALE_FACTOR_MIN, SCALE_FACTOR_MAX = -10, 10
 
 
 class RegisterCodecError(ValueError):
@@ -125,16 +131,26 @@ def decode(
     rtype: RegisterType,
     word_order: WordOrder = WordOrder.BIG,
 ) -> int | float | str:
-    """Decode 16-bit registers into the raw (unscaled) value."""
+    """Decode 16-bit registers into the raw (unscaled) value.
+
+    Raises :class:`RegisterCodecError` for the wrong number of registers, or a register
+    outside 0..0xFFFF."""
     if rtype is RegisterType.STRING:
-        data = b"".join(int(w).to_bytes(2, "big") for w in registers)
+        data = _bytes(registers)
         return data.rstrip(b"\x00").decode("utf-8", errors="replace")
     info = TYPE_TABLE[rtype]
     if len(registers) != info.registers:
         raise RegisterCodecError(f"{rtype} needs {info.registers} registers, got {len(registers)}")
-    words = _order(list(registers), word_order)
-    data = b"".join(int(w).to_bytes(2, "big") for w in words)
+    data = _bytes(_order(list(registers), word_order))
     return struct.unpack(info.struct_code, data)[0]  # type: ignore[no-any-return]
+
+
+def _bytes(registers: list[int]) -> bytes:
+    try:
+        return b"".join(int(w).to_bytes(2, "big") for w in registers)
+    except OverflowError:  # a negative word, or one wider than 16 bits
+        raise RegisterCodecError(f"registers hold 16 bits (0..65535), got "
+                                 f"{list(registers)}") from None
 
 
 def is_not_implemented(raw: int | float | str, rtype: RegisterType,
@@ -150,3 +166,71 @@ def is_not_implemented(raw: int | float | str, rtype: RegisterType,
         return raw in markers
     sentinel = TYPE_TABLE[rtype].not_implemented
     return sentinel is not None and raw == sentinel
+
+
+def nearest_raw(target: float, gain: float, lo: float, hi: float, rtype: RegisterType,
+                markers: frozenset[int] = frozenset()) -> int | float | None:
+    """The raw value to write for the engineering value ``target`` = raw × ``gain``: the
+    one nearest it whose engineering value (a float, as it is read back) lies in
+    [``lo``, ``hi``] and that is none of ``markers`` ("no value"); None if there is none.
+
+    Rounding to a count can step past an end of the range, and from 2^53 on one count moves
+    the float by none or by many: the counts inside are found by bisection then.
+    """
+    info = TYPE_TABLE[rtype]
+    if rtype is RegisterType.F32:
+        return _nearest_f32(target, gain, lo, hi)
+    tmin, tmax = int(info.min_value), int(info.max_value)
+    raw = min(max(round(target / gain), tmin), tmax)
+    if lo <= raw * gain <= hi and raw not in markers:
+        return raw  # nearly always
+    if gain > 0:
+        first = _first(lambda r: r * gain >= lo, tmin, tmax)
+        last = _first(lambda r: r * gain > hi, tmin, tmax) - 1
+    else:
+        first = _first(lambda r: r * gain <= hi, tmin, tmax)
+        last = _first(lambda r: r * gain < lo, tmin, tmax) - 1
+    base = min(max(raw, first), last)
+    for k in range(len(markers) + 1):  # the nearest count that is no marker
+        fits = [r for r in (base - k, base + k) if first <= r <= last and r not in markers]
+        if fits:
+            return min(fits, key=lambda r: abs(r * gain - target))
+    return None
+
+
+def _nearest_f32(target: float, gain: float, lo: float, hi: float) -> float | None:
+    info = TYPE_TABLE[RegisterType.F32]
+    raw = _f32(min(max(target / gain, info.min_value), info.max_value))
+    inward = (1 if target < lo / 2 + hi / 2 else -1) * (1 if gain > 0 else -1)
+    for _ in range(3):  # single precision may round a step outside: step back in
+        if lo <= raw * gain <= hi and math.isfinite(raw):
+            return raw
+        raw = _f32_step(raw, inward)
+    return None
+
+
+def _first(holds: Callable[[int], bool], lo: int, hi: int) -> int:
+    """The least integer in [lo, hi] for which ``holds`` (false, then true, as it grows),
+    or hi + 1."""
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if holds(mid):
+            hi = mid - 1
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _f32(x: float) -> float:
+    """``x`` rounded to single precision."""
+    return float(struct.unpack(">f", struct.pack(">f", x))[0])
+
+
+def _f32_step(x: float, direction: int) -> float:
+    """The next single-precision value after ``x`` upwards (``direction`` 1) or down (-1)."""
+    bits = struct.unpack(">i", struct.pack(">f", x))[0]
+    if x == 0:
+        bits = 1 if direction > 0 else -0x7FFF_FFFF  # the smallest subnormals
+    else:
+        bits += direction if x > 0 else -direction
+    return float(struct.unpack(">f", struct.pack(">i", bits))[0])

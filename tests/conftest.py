@@ -7,6 +7,7 @@ on a developer machine without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -114,12 +115,8 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of a database with nothing in it, of each backend."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'empty.sqlite'}"
-        return
+@contextlib.contextmanager
+def _fresh_postgres() -> Iterator[str]:
     require_service("PostgreSQL", 5432)
     import sqlalchemy as sa
 
@@ -133,3 +130,20 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
         with admin.connect() as c:
             c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture
+def fresh_postgres_url() -> Iterator[str]:
+    """A PostgreSQL database of its own for one test, dropped after it."""
+    with _fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The URL of a database with nothing in it, of each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite'}"
+        return
+    with _fresh_postgres() as url:
+        yield url

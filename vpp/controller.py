@@ -470,13 +470,16 @@ class Controller:
             self._forecaster_pool.shutdown(wait=False, cancel_futures=True)
             for proc in workers:
                 proc.terminate()
+        if self.storage is not None:  # the database still away at shutdown: stop waiting
+            self.storage.stop_retrying()
         await loop.run_in_executor(None, self._io.shutdown, True)
 
     def _store(self, fn: Any, *args: Any) -> asyncio.Future[Any] | None:
         """Queue a storage write; a failure is logged and counted, not lost silently."""
         if self.storage is None:
             return None
-        fut = asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        fut = asyncio.get_running_loop().run_in_executor(self._io, self.storage.retrying,
+                                                         fn, *args)
 
         def done(f: asyncio.Future[Any]) -> None:
             if not f.cancelled() and f.exception() is not None:

@@ -6,7 +6,10 @@ Blocking calls: the controller runs them in its storage executor, never on the e
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from importlib.resources import files
 from typing import Any
@@ -20,6 +23,8 @@ from drivers.telemetry import Sample
 from forecasting.models import Forecast
 from vpp.dispatch import Schedule, SolveStatus, schedule_payload
 from vpp.jsonutil import jsonable
+
+log = logging.getLogger(__name__)
 
 metadata = sa.MetaData()
 
@@ -142,6 +147,16 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+RETRY_FOR_S = 3600.0  # how long a write waits for the database to come back [wall s]
+RETRY_MAX_WAIT_S = 5.0
+
+
+def _transient(exc: sa.exc.DBAPIError) -> bool:
+    """The database is away (down, restarting, the network cut): worth trying again."""
+    return isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError) or bool(
+        exc.connection_invalidated)
+
+
 def _utc(t: datetime) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
@@ -160,6 +175,36 @@ class Storage:
                 cur.execute("PRAGMA synchronous=NORMAL")
                 cur.close()
         migrate(self.engine)
+        self._stop = threading.Event()
+        self.retries = 0  # writes tried again while the database was away
+
+    def retrying(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, tried again with backoff while the database is away (for up to
+        :data:`RETRY_FOR_S`, or until :meth:`stop_retrying`): writes wait, in order, and
+        none is lost to an outage. Errors of the write itself are raised at once."""
+        delay, t0, warned = 0.2, time.monotonic(), False
+        while True:
+            try:
+                out = fn(*args)
+            except sa.exc.DBAPIError as exc:
+                if not _transient(exc) or self._stop.is_set() or (
+                        time.monotonic() - t0 > RETRY_FOR_S):
+                    raise
+                if not warned:
+                    log.warning("database unreachable (%s); writes wait and are retried",
+                                type(exc.orig).__name__ if exc.orig else type(exc).__name__)
+                    warned = True
+                self.retries += 1
+                self._stop.wait(delay)
+                delay = min(2 * delay, RETRY_MAX_WAIT_S)
+                continue
+            if warned:
+                log.warning("database reachable again after %.1f s", time.monotonic() - t0)
+            return out
+
+    def stop_retrying(self) -> None:
+        """Shutting down: a write that fails now fails (and is logged), not retried."""
+        self._stop.set()
 
     @property
     def backend(self) -> str:

@@ -1,13 +1,23 @@
 """The site configuration: one TOML file, parsed once into frozen pydantic models.
 
 Every key carries its unit in its name. ``load_config`` raises :class:`ConfigError` with
-every problem found, each naming the field path, the bad value and what is allowed.
-The keys are documented in ``docs/config.md``.
+every problem found, each starting with the field's path, then the bad value and what is
+allowed. The keys are documented in ``docs/config.md``.
+
+Secrets (the MQTT password, the database password) are given inline, or better as
+``password_file`` (a file holding it, e.g. a systemd credential) or ``password_env`` (an
+environment variable): read when the file is loaded, held as ``SecretStr``, and never shown
+in a repr or a problem; a database URL is shown with its password masked
+(:func:`mask_url`, :attr:`StorageSection.masked_url`).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import tomllib
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
@@ -27,6 +37,8 @@ from drivers.profile import Capability, ProfileError, load_profile
 
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 SUNSPEC = "sunspec"  # a profile discovered from the device's SunSpec model chain
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_SECRET_BYTES = 4096  # a password file longer than this is not one (/dev/zero, a log)
 
 # what the controller needs of each kind of asset, as capabilities of its profile
 REQUIRED_CAPABILITIES: dict[str, frozenset[Capability]] = {
@@ -39,8 +51,80 @@ REQUIRED_CAPABILITIES: dict[str, frozenset[Capability]] = {
 }
 
 
+class FieldError(ValueError):
+    """A problem a check across fields found, and the field it is about: ``loc`` is the
+    field's path below the model that raised it (``("soc_min",)``, ``("assets", 2,
+    "port")``). A message starting with ``{field}`` has the field's full path put there
+    (``dispatch.step_s (300) must equal …``); any other is shown after it."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        path = ".".join(map(str, loc))
+        super().__init__(path + message.removeprefix("{field}") if message.startswith("{field}")
+                         else f"{path}: {message}")
+        self.loc = loc
+        self.message = message
+
+
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN and infinity are numbers to pydantic and TOML (nan, inf): never to a site
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password (user info, or a ``password=`` query parameter) shown as
+    ``***``, fit to print. Unparseable text is masked from the scheme to the last ``@``."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        if colon:
+            rest = f"{user}:***@{host}"
+    return re.sub(r"(?i)([?&](?:password|passwd|pwd)=)[^&]*", r"\1***", scheme + sep + rest)
+
+
+def _read_secret_file(path: str, field: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_SECRET_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a path"
+        raise FieldError((field,), f"cannot read {path!r}: {reason}") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise FieldError((field,), f"{path!r} is longer than {MAX_SECRET_BYTES} bytes: not a "
+                                   "password file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FieldError((field,), f"{path!r} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")  # the newline editors add
+    if not text:
+        raise FieldError((field,), f"{path!r} is empty")
+    return text
+
+
+def _resolve_secret(data: Any, key: str) -> Any:
+    """A secret given as ``key``, ``key_file`` or ``key_env`` (one of them): the file's or the
+    variable's text put into ``key``. Raw input, before the fields are checked."""
+    if not isinstance(data, dict):
+        return data
+    sources = (key, f"{key}_file", f"{key}_env")
+    given = [k for k in sources if data.get(k) is not None]
+    if len(given) > 1:
+        raise FieldError((given[1],), f"give one of {', '.join(sources)}, not "
+                                      f"{' and '.join(given)}")
+    if not given or given[0] == key or not isinstance(data[given[0]], str):
+        return data  # inline, absent, or a type error its field reports
+    src, ref = given[0], data[given[0]]
+    if src.endswith("_file"):
+        return {**data, key: _read_secret_file(ref, src)}
+    if not re.fullmatch(_ENV_NAME, ref):
+        raise FieldError((src,), f"{ref!r} is not an environment variable name (letters, "
+                                 "digits and _, not first a digit)")
+    value = os.environ.get(ref)
+    if not value:
+        raise FieldError((src,), f"environment variable {ref!r} is "
+                                 f"{'empty' if value == '' else 'not set'}")
+    return {**data, key: value}
 
 
 class SiteSection(_Frozen):
@@ -56,8 +140,8 @@ class SiteSection(_Frozen):
     def _tz(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA timezone (e.g. 'Asia/Shanghai'): {exc}") from exc
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # "America" is a folder
+            raise ValueError("unknown IANA timezone (e.g. 'Asia/Shanghai')") from None
         return v
 
 
@@ -108,7 +192,8 @@ class WindAsset(_AssetBase):
     @model_validator(mode="after")
     def _curve(self) -> Self:
         if not self.cut_in_m_s < self.rated_speed_m_s < self.cut_out_m_s:
-            raise ValueError(
+            raise FieldError(
+                ("rated_speed_m_s",),
                 f"power curve needs cut_in_m_s < rated_speed_m_s < cut_out_m_s, got "
                 f"{self.cut_in_m_s} / {self.rated_speed_m_s} / {self.cut_out_m_s}")
         return self
@@ -127,7 +212,8 @@ class BatteryAsset(_AssetBase):
     @model_validator(mode="after")
     def _soc(self) -> Self:
         if self.soc_min >= self.soc_max:
-            raise ValueError(f"soc_min ({self.soc_min}) must be below soc_max ({self.soc_max})")
+            raise FieldError(("soc_min",), f"{{field}} ({self.soc_min}) must be below soc_max "
+                                           f"({self.soc_max})")
         return self
 
 
@@ -145,14 +231,16 @@ class FlexibleLoad(_Frozen):
     @model_validator(mode="after")
     def _feasible(self) -> Self:
         if self.min_w > self.max_w:
-            raise ValueError(f"min_w ({self.min_w:g}) must not exceed max_w ({self.max_w:g})")
+            raise FieldError(("min_w",), f"{{field}} ({self.min_w:g}) must not exceed max_w "
+                                         f"({self.max_w:g})")
         if self.default_start_h >= self.deadline_h:
-            raise ValueError(f"default_start_h ({self.default_start_h:g}) must come before "
-                             f"deadline_h ({self.deadline_h:g})")
+            raise FieldError(("default_start_h",), f"{{field}} ({self.default_start_h:g}) must "
+                                                   f"come before deadline_h ({self.deadline_h:g})")
         room = self.max_w * (self.deadline_h - self.default_start_h)
         if self.daily_energy_wh > room:
-            raise ValueError(f"daily_energy_wh {self.daily_energy_wh:g} cannot be drawn between "
-                             f"default_start_h and deadline_h at max_w (at most {room:g})")
+            raise FieldError(("daily_energy_wh",), f"{{field}} {self.daily_energy_wh:g} cannot "
+                             "be drawn between default_start_h and deadline_h at max_w (at most "
+                             f"{room:g})")
         return self
 
 
@@ -165,7 +253,7 @@ class LoadAsset(_AssetBase):
     @model_validator(mode="after")
     def _peak_or_flexible(self) -> Self:
         if (self.peak_w is None) == (self.flexible is None):
-            raise ValueError(f"load {self.id}: give peak_w (a county load following the daily "
+            raise FieldError(("peak_w",), "give peak_w (a county load following the daily "
                              "shape) or a [flexible] table (a shiftable load), not "
                              f"{'both' if self.peak_w else 'neither'}")
         return self
@@ -256,7 +344,7 @@ class DispatchSection(_Frozen):
         # and its tracking error: that must cost more than it saves
         gain = 2 * self.export_ramp_weight_per_wh + self.tracking_weight_per_wh
         if gain >= self.curtailment_weight_per_wh:
-            raise ValueError(
+            raise FieldError(("export_ramp_weight_per_wh",),
                 f"2 × export_ramp_weight_per_wh + tracking_weight_per_wh = {gain:g} must be "
                 f"below curtailment_weight_per_wh ({self.curtailment_weight_per_wh:g}), or "
                 "plans would curtail energy to smooth the feed-in")
@@ -297,7 +385,11 @@ class MqttSection(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(default=1884, ge=0, le=65535)
     username: str | None = None
-    password: SecretStr | None = None
+    password: SecretStr | None = Field(default=None, description="inline; better as a file")
+    password_file: str | None = Field(
+        default=None, description="file holding the password (a systemd credential)")
+    password_env: str | None = Field(
+        default=None, pattern=_ENV_NAME, description="environment variable holding it")
     tls: bool = False
     tls_ca_file: str | None = Field(
         default=None, description="CA bundle to trust; none: the system's")
@@ -313,22 +405,79 @@ class MqttSection(_Frozen):
     topic_prefix: str = Field(default="vpp", pattern=r"^[A-Za-z0-9_/-]+$")
     telemetry_interval_s: float = Field(default=10.0, gt=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _password(cls, data: Any) -> Any:
+        return _resolve_secret(data, "password")
+
     @model_validator(mode="after")
     def _tls_settings(self) -> Self:
         if not self.tls:
             given = [f for f in ("tls_ca_file", "tls_cert_file", "tls_key_file", "tls_insecure")
                      if getattr(self, f)]
             if given:
-                raise ValueError(f"{', '.join(given)} given but tls is false; set tls = true")
+                raise FieldError((given[0],), f"{', '.join(given)} given but tls is false; set "
+                                              "tls = true")
         if self.tls_key_file is not None and self.tls_cert_file is None:
-            raise ValueError("tls_key_file needs tls_cert_file (the client certificate)")
+            raise FieldError(("tls_key_file",), "tls_key_file needs tls_cert_file (the client "
+                                                "certificate)")
         return self
 
 
 class StorageSection(_Frozen):
+    """Where the controller keeps its data. Connect with :meth:`connect_url` (the password
+    put in); print :attr:`masked_url` (never ``url`` itself: it may hold a password)."""
+
     url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite in data_dir")
+    password: SecretStr | None = Field(default=None, description="the database password")
+    password_file: str | None = Field(
+        default=None, description="file holding the database password (a systemd credential)")
+    password_env: str | None = Field(
+        default=None, pattern=_ENV_NAME, description="environment variable holding it")
     data_dir: str | None = None
     telemetry_interval_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password(cls, data: Any) -> Any:
+        return _resolve_secret(data, "password")
+
+    @model_validator(mode="after")
+    def _password_needs_a_database(self) -> Self:
+        if self.password is None:
+            return self
+        given = ("password_file" if self.password_file is not None else
+                 "password_env" if self.password_env is not None else "password")
+        if self.url is None:
+            raise FieldError((given,), f"{given} needs url (a PostgreSQL URL); SQLite in "
+                                       "data_dir takes no password")
+        from sqlalchemy.engine import make_url
+        url = make_url(self.url)
+        if url.get_backend_name() != "postgresql":
+            raise FieldError((given,), f"{given} is for PostgreSQL; a "
+                                       f"{url.get_backend_name()} URL takes no password")
+        if url.password is not None:
+            raise FieldError(("url",), f"the URL holds a password and {given} gives one: give "
+                                       f"it once (best as password_file)")
+        return self
+
+    @property
+    def masked_url(self) -> str | None:
+        """``url`` with any password shown as ``***``: what to print or log."""
+        return None if self.url is None else mask_url(self.url)
+
+    def connect_url(self) -> str | None:
+        """The URL to connect with: ``url`` with ``password`` (however it was given) put in.
+        Hand it to the database only; never print it."""
+        if self.url is None or self.password is None:
+            return self.url
+        from sqlalchemy.engine import make_url
+        return make_url(self.url).set(password=self.password.get_secret_value()
+                                      ).render_as_string(hide_password=False)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name == "url" and isinstance(value, str) else value
 
     @field_validator("url")
     @classmethod
@@ -339,7 +488,7 @@ class StorageSection(_Frozen):
         from sqlalchemy.exc import ArgumentError
         try:
             url = make_url(v)
-        except ArgumentError as exc:
+        except (ArgumentError, ValueError) as exc:  # ValueError: a port that is no number
             raise ValueError("not a database URL; e.g. 'postgresql+psycopg://user@host:5432/vpp' "
                              "or 'sqlite:////var/lib/vpp/vpp.sqlite'") from exc
         if url.get_backend_name() not in ("sqlite", "postgresql"):
@@ -402,62 +551,69 @@ class SiteConfig(_Frozen):
     @model_validator(mode="after")
     def _cross(self) -> Self:
         ids = [a.id for a in self.assets]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"asset ids must be unique; repeated: {dup}")
+        for i, a in enumerate(self.assets):
+            if a.id in ids[:i]:
+                raise FieldError(("assets", i, "id"), f"asset ids must be unique; {a.id!r} is "
+                                                      f"also assets[{ids.index(a.id)}]'s")
         by_id = {a.id: a for a in self.assets}
         meter = by_id.get(self.pcc.meter)
         if meter is None or meter.kind != "meter":
             meters = [a.id for a in self.assets if a.kind == "meter"]
-            raise ValueError(f"pcc.meter = {self.pcc.meter!r} must name an asset of kind "
-                             f"'meter'; meters configured: {meters}")
+            raise FieldError(("pcc", "meter"), f"{{field}} = {self.pcc.meter!r} must name an "
+                                               f"asset of kind 'meter'; meters configured: "
+                                               f"{meters}")
         seen: dict[tuple[str, int, int], str] = {}
-        for a in self.assets:
+        for i, a in enumerate(self.assets):
             key = (a.host, a.port, a.unit_id)
             if a.port != 0 and key in seen:
-                raise ValueError(f"assets {seen[key]} and {a.id} share {a.host}:{a.port} "
-                                 f"unit {a.unit_id}")
+                raise FieldError(("assets", i, "port"), f"assets {seen[key]} and {a.id} share "
+                                                        f"{a.host}:{a.port} unit {a.unit_id}")
             seen[key] = a.id
             if a.profile == SUNSPEC:
                 if a.kind not in ("pv", "battery"):
-                    raise ValueError(f"asset {a.id}: profile 'sunspec' is supported for pv "
-                                     f"and battery assets so far, not {a.kind}")
+                    raise FieldError(("assets", i, "profile"), f"asset {a.id}: profile 'sunspec' "
+                                     f"is supported for pv and battery assets so far, not "
+                                     f"{a.kind}")
                 continue
             prof = load_profile(a.profile)
             if prof.kind != a.kind:
-                raise ValueError(f"asset {a.id} is a {a.kind} but profile {a.profile} is for "
-                                 f"a {prof.kind}")
+                raise FieldError(("assets", i, "profile"), f"asset {a.id} is a {a.kind} but "
+                                 f"profile {a.profile} is for a {prof.kind}")
             need, what = REQUIRED_CAPABILITIES[a.kind], str(a.kind)
             if isinstance(a, LoadAsset) and a.flexible is not None:
                 need, what = need | {Capability.ACCEPTS_POWER_SETPOINT}, "flexible load"
             lacking = need - prof.capabilities
             if lacking:
-                raise ValueError(f"profile {a.profile} of asset {a.id} lacks what a {what} "
-                                 f"needs: {sorted(c.value for c in lacking)}")
+                raise FieldError(("assets", i, "profile"), f"profile {a.profile} of asset "
+                                 f"{a.id} lacks what a {what} needs: "
+                                 f"{sorted(c.value for c in lacking)}")
         endpoints = {(a.host, a.port) for a in self.assets}
         if len(endpoints) > self.polling.max_connections:
-            raise ValueError(f"{len(endpoints)} host:port endpoints need as many connections; "
-                             f"polling.max_connections is {self.polling.max_connections}")
+            raise FieldError(("polling", "max_connections"), f"{{field}} is "
+                             f"{self.polling.max_connections}, but {len(endpoints)} host:port "
+                             "endpoints need as many connections")
         fc, d = self.forecasting, self.dispatch
         if d.step_s != fc.step_s:
-            raise ValueError(f"dispatch.step_s ({d.step_s}) must equal forecasting.step_s "
-                             f"({fc.step_s}): the plan steps on the forecast's grid")
+            raise FieldError(("dispatch", "step_s"), f"{{field}} ({d.step_s}) must equal "
+                             f"forecasting.step_s ({fc.step_s}): the plan steps on the "
+                             "forecast's grid")
         # the short-term forecast is up to a day old when the plan uses it
         if d.horizon_h > fc.short_term_horizon_h - 24:
-            raise ValueError(f"dispatch.horizon_h ({d.horizon_h}) must not exceed "
-                             f"forecasting.short_term_horizon_h - 24 "
+            raise FieldError(("dispatch", "horizon_h"), f"{{field}} ({d.horizon_h}) must not "
+                             f"exceed forecasting.short_term_horizon_h - 24 "
                              f"({fc.short_term_horizon_h - 24:g}): the short-term forecast "
                              "is issued once a day")
         if not d.load_quantile < 0.5 < d.generation_quantile:
-            raise ValueError(f"the cap needs a high generation and a low load quantile: "
-                             f"dispatch.load_quantile ({d.load_quantile}) < 0.5 < "
-                             f"dispatch.generation_quantile ({d.generation_quantile})")
+            field = "load_quantile" if d.load_quantile >= 0.5 else "generation_quantile"
+            raise FieldError(("dispatch", field), f"the cap needs a high generation and a low "
+                             f"load quantile: dispatch.load_quantile ({d.load_quantile}) < 0.5 "
+                             f"< dispatch.generation_quantile ({d.generation_quantile})")
         needed = {d.generation_quantile, 1 - d.generation_quantile, d.load_quantile,
                   1 - d.load_quantile}
         missing = sorted(q for q in needed if not any(abs(q - x) < 1e-9 for x in fc.quantiles))
         if missing:
-            raise ValueError(f"forecasting.quantiles {list(fc.quantiles)} must include "
-                             f"{[round(q, 6) for q in missing]}, which dispatch uses")
+            raise FieldError(("forecasting", "quantiles"), f"{{field}} {list(fc.quantiles)} must "
+                             f"include {[round(q, 6) for q in missing]}, which dispatch uses")
         self._check_groups(by_id)
         return self
 
@@ -465,15 +621,16 @@ class SiteConfig(_Frozen):
         seen: set[str] = set()
         for i, g in enumerate(self.dispatch.groups):
             if g.id in seen:
-                raise ValueError(f"dispatch.groups[{i}].id {g.id!r} is repeated")
+                raise FieldError(("dispatch", "groups", i, "id"), f"{g.id!r} is repeated")
             seen.add(g.id)
             for a in g.assets:
                 asset = by_id.get(a)
                 ok = asset is not None and (asset.kind in ("pv", "wind", "battery") or (
                     isinstance(asset, LoadAsset) and asset.flexible is not None))
                 if not ok:
-                    raise ValueError(f"dispatch.groups[{i}] ({g.id}): asset {a!r} must be a pv, "
-                                     "wind, battery or flexible load asset; those configured: "
+                    raise FieldError(("dispatch", "groups", i, "assets"), f"asset {a!r} must be "
+                                     "a pv, wind, battery or flexible load asset; those "
+                                     "configured: "
                                      f"{sorted(k for k, v in by_id.items() if v.kind != 'meter')}")
 
     def asset(self, asset_id: str) -> Asset:
@@ -494,16 +651,25 @@ class SiteConfig(_Frozen):
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; ``problems`` lists each one."""
+    """A configuration that cannot be used; ``problems`` lists each one, and ``fields`` the
+    path of the field each one is about (each problem starts with it; ``""`` for a file that
+    cannot be read or is not TOML)."""
 
-    def __init__(self, source: str, problems: list[str]) -> None:
+    def __init__(self, source: str, problems: list[str],
+                 fields: list[str] | None = None) -> None:
         self.source = source
         self.problems = problems
+        self.fields = fields if fields is not None else [""] * len(problems)
         super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(
             f"  - {p}" for p in problems))
 
 
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TAGS = frozenset({"pv", "wind", "battery", "load", "meter"})
+
+
 def _loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """A field's path as the file spells it: ``assets[2] (bess1).soc_max``."""
     parts: list[str] = []
     node: Any = data
     for i, item in enumerate(loc):
@@ -511,43 +677,63 @@ def _loc(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
             label = f"[{item}]"
             if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
                 asset_id = node[item].get("id")
-                if asset_id:
+                if isinstance(asset_id, str) and re.fullmatch(_ID, asset_id):
                     label = f"[{item}] ({asset_id})"
             parts.append(label)
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
         # discriminated unions put the tag in the path: assets[0].battery.soc_max
-        if i > 0 and isinstance(loc[i - 1], int) and item in {"pv", "wind", "battery", "load",
-                                                               "meter"}:
+        if i > 0 and isinstance(loc[i - 1], int) and item in _TAGS:
             continue
-        parts.append(("." if parts else "") + str(item))
+        key = str(item)  # a key that is not a name is quoted: one line, one meaning
+        parts.append(("." if parts else "") + key if _KEY.match(key) else f"[{json.dumps(key)}]")
         node = node.get(item) if isinstance(node, dict) else None
     return "".join(parts) or "(top level)"
 
 
-def _problem(err: Any, data: dict[str, Any]) -> str:
-    where = _loc(tuple(err["loc"]), data)
+def _shown(loc: tuple[Any, ...], value: Any) -> str:
+    """The bad value as a problem shows it: secrets never, a URL with its password masked."""
+    key = loc[-1] if loc else None
+    if key == "password":
+        return "(hidden)"
+    if isinstance(value, dict | list):
+        return "…"
+    if key == "url" and isinstance(value, str):
+        return repr(mask_url(value))
+    return repr(value)
+
+
+def _problem(err: Any, data: dict[str, Any]) -> tuple[str, str]:
+    """(the field's path, the problem: the path first, then what is wrong)."""
+    loc = tuple(err["loc"])
+    exc = (err.get("ctx") or {}).get("error")
+    if isinstance(exc, FieldError):  # a check across fields says which field it is about
+        where = _loc((*loc, *exc.loc), data)
+        msg = exc.message
+        return where, (where + msg.removeprefix("{field}") if msg.startswith("{field}")
+                       else f"{where}: {msg}")
+    where = _loc(loc, data)
     kind = err["type"]
-    value = err.get("input")
     if kind == "missing":
-        return f"{where}: required key is missing"
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key (value {value!r}); see docs/config.md for the keys allowed"
-    if kind == "union_tag_invalid":
-        return (f"{where}.kind: {err['ctx'].get('tag')!r} is not a kind; allowed: "
-                f"pv, wind, battery, load, meter")
-    if kind == "union_tag_not_found":
-        return f"{where}.kind: required key is missing (pv, wind, battery, load or meter)"
+        return where, f"{where}: required key is missing"
+    if kind == "extra_forbidden":  # its value is not shown: a misspelt password key
+        return where, f"{where}: unknown key; see docs/config.md for the keys allowed"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        where = f"{where}.kind"
+        if kind == "union_tag_not_found":
+            return where, f"{where}: required key is missing (pv, wind, battery, load or meter)"
+        return where, (f"{where}: {err['ctx'].get('tag')!r} is not a kind; allowed: pv, wind, "
+                       "battery, load, meter")
     msg = str(err["msg"]).removeprefix("Value error, ")
-    shown = value if not isinstance(value, dict | list) else "…"
-    return f"{where}: {shown!r} is not allowed: {msg}"
+    return where, f"{where}: {_shown(loc, err.get('input'))} is not allowed: {msg}"
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> SiteConfig:
     try:
         return SiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_problem(e, data) for e in exc.errors()]) from None
+        found = [_problem(e, data) for e in exc.errors()]
+        raise ConfigError(source, [p for _, p in found], [f for f, _ in found]) from None
 
 
 def load_config(path: str | Path) -> SiteConfig:

@@ -22,9 +22,18 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from vpp.alarms import UnknownAlarmError
 from vpp.auth import DeniedError, Permission, Principal, Tokens, authorize
@@ -43,10 +52,22 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _in_utc(t: datetime) -> datetime:
+    try:
+        t.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-12:00 is in the year 10000 in UTC
+        raise ValueError("lies outside the years 1 to 9999 in UTC") from None
+    return t
+
+
+# an instant with its offset that the controller can compute with
+Instant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
 class CapCommand(_Body):
     export_cap_w: float = Field(gt=0, allow_inf_nan=False,
                                 description="the export cap [W] from `effective` on")
-    effective: AwareDatetime | None = Field(
+    effective: Instant | None = Field(
         default=None, description="when it takes effect (ISO 8601 with offset); default now")
 
 
@@ -56,18 +77,27 @@ class ModeCommand(_Body):
 
 class DemandResponseCommand(_Body):
     kind: Literal["demand_response"]
-    start: AwareDatetime
-    end: AwareDatetime
+    start: Instant
+    end: Instant
     export_reduction_w: float = Field(default=0.0, ge=0, allow_inf_nan=False)
     import_reduction_w: float = Field(default=0.0, ge=0, allow_inf_nan=False)
 
 
 class ExportProfileCommand(_Body):
     kind: Literal["export_profile"]
-    start: AwareDatetime
+    start: Instant
     step_s: int = Field(gt=0, le=86400)
     export_w: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
         min_length=1, max_length=2000)
+
+    @model_validator(mode="after")
+    def _end_exists(self) -> Self:
+        try:
+            _in_utc(self.start + timedelta(seconds=self.step_s * len(self.export_w)))
+        except (OverflowError, ValueError):
+            raise ValueError("its end (start + step_s × len(export_w)) lies past the year "
+                             "9999") from None
+        return self
 
 
 class GridInstructionCommand(_Body):
@@ -222,7 +252,7 @@ class MqttCommands:
         refused = None
         try:
             body = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: "[[[[…" nested deep
             body = {"payload": payload[:200].decode(errors="replace")}
             refused = Outcome(action, False, 422, f"the payload is not JSON: {exc}")
         if isinstance(body, dict):

@@ -34,6 +34,10 @@ from vpp.jsonutil import jsonable
 
 RESAMPLE = {"raw": None, "1min": "1min", "5min": "5min", "15min": "15min", "1h": "1h"}
 MAX_HISTORY = timedelta(days=31)
+# the stored resolution each resampling reads (raw samples are kept 14 days, 1-minute
+# buckets 180, 15-minute ones 10 years: vpp.storage.KEEP_DAYS)
+STORED_RESOLUTION = {"raw": "raw", "1min": "1min", "5min": "1min", "15min": "15min",
+                     "1h": "15min"}
 
 
 def _inline(schema: dict[str, Any]) -> dict[str, Any]:
@@ -315,7 +319,8 @@ def create_app(ctrl: Controller, tokens: Tokens | None = None) -> FastAPI:
             known = {a.id for a in cfg.assets}
             if asset not in known:
                 raise HTTPException(404, f"unknown asset {asset!r}; assets are {sorted(known)}")
-            s = await asyncio.to_thread(st.read_telemetry, asset, point, lo, hi)
+            s = await asyncio.to_thread(st.read_telemetry, asset, point, lo, hi,
+                                        STORED_RESOLUTION[resample])
         else:
             names = sorted({*ctrl.forecasters, "export"})
             if series not in names:

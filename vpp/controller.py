@@ -93,6 +93,7 @@ MIN_WALL_TIMEOUT_S = 0.1
 # with the PCC meter lost, export estimated from every device's reading keeps control,
 # with this much more margin (unmeasured losses, reading skew)
 ESTIMATE_MARGIN_RATIO = 0.03
+DOWNSAMPLE_LAG = timedelta(minutes=10)  # buckets are made once this much older
 REACTIVE = "reactive"  # dispatch.planner: no plan, the real-time limiter alone
 # flexible-load status register values (drivers/profiles/generic-flex-load.yaml)
 FLEX_DONE, FLEX_MISSED = 4, 5
@@ -986,6 +987,8 @@ class Controller:
             self._next_forecast = _floor(now, self.config.forecasting.issue_interval_s) + \
                 timedelta(seconds=self.config.forecasting.issue_interval_s)
         await self.solve(now)
+        if self.storage is not None:  # downsampling, leaving late samples room to arrive
+            self._store(self.storage.downsample, now - DOWNSAMPLE_LAG)
 
     async def issue_forecasts(self, now: datetime) -> None:
         fit = self._next_fit is None or now >= self._next_fit

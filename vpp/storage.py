@@ -128,6 +128,25 @@ controller_settings = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+def _aggregate_table(name: str) -> sa.Table:
+    return sa.Table(
+        name, metadata,
+        sa.Column("asset_id", sa.String(64), primary_key=True),
+        sa.Column("point", sa.String(64), primary_key=True),
+        sa.Column("ts", sa.DateTime(timezone=True), primary_key=True),  # the bucket's start
+        sa.Column("mean", sa.Float, nullable=True),  # of the good samples; NULL: none
+        sa.Column("min", sa.Float, nullable=True),
+        sa.Column("max", sa.Float, nullable=True),
+        sa.Column("n", sa.Integer, nullable=False),  # the values in the mean
+    )
+
+
+# telemetry downsampled: raw samples → 1-minute buckets → 15-minute buckets
+AGGREGATES = {"1min": _aggregate_table("telemetry_1m"), "15min": _aggregate_table("telemetry_15m")}
+# how long each resolution is kept [days] (raw, 1-minute, 15-minute)
+KEEP_DAYS = {"raw": 14.0, "1min": 180.0, "15min": 3650.0}
+REDO = pd.Timedelta(hours=1)  # buckets made again at each pass (late samples count)
+
 USABLE = [s.value for s in SolveStatus if s.usable]
 BASELINE = "0001"  # the schema before migrations: a database without a version holds it
 
@@ -297,17 +316,89 @@ class Storage:
                  **json.loads(r["plan"])} for r in rows]
 
     def read_telemetry(self, asset_id: str, point: str, since: datetime,
-                       until: datetime) -> pd.Series:
-        """A point's stored samples in [since, until) (good and bad: NaN where no value)."""
-        q = (sa.select(telemetry.c.ts, telemetry.c.value)
-             .where((telemetry.c.asset_id == asset_id) & (telemetry.c.point == point)
-                    & (telemetry.c.ts >= since) & (telemetry.c.ts < until))
-             .order_by(telemetry.c.ts))
+                       until: datetime, resolution: str = "raw") -> pd.Series:
+        """A point in [since, until): its stored samples (``raw``; NaN where no value), or
+        the means of its ``1min`` or ``15min`` buckets, with the samples not yet
+        aggregated after the last bucket (so the latest minutes are there too)."""
+        raw_since = since
         with self.engine.connect() as c:
-            rows = c.execute(q).all()
+            parts = []
+            if resolution != "raw":
+                t = AGGREGATES[resolution]
+                rows = c.execute(sa.select(t.c.ts, t.c.mean).where(
+                    (t.c.asset_id == asset_id) & (t.c.point == point) & (t.c.ts >= since)
+                    & (t.c.ts < until)).order_by(t.c.ts)).all()
+                parts.append(rows)
+                if rows:
+                    raw_since = max(since, _utc(rows[-1][0]) + pd.Timedelta(resolution))
+            parts.append(c.execute(sa.select(telemetry.c.ts, telemetry.c.value).where(
+                (telemetry.c.asset_id == asset_id) & (telemetry.c.point == point)
+                & (telemetry.c.ts >= raw_since) & (telemetry.c.ts < until))
+                .order_by(telemetry.c.ts)).all())
+        rows = [r for p in parts for r in p]
         idx = pd.DatetimeIndex([_utc(r[0]) for r in rows], tz="UTC")
         return pd.Series([np.nan if r[1] is None else r[1] for r in rows], index=idx,
                          dtype=float)
+
+    def downsample(self, until: datetime) -> dict[str, int]:
+        """Aggregate what is complete before ``until`` (raw → 1-minute → 15-minute buckets
+        not yet made), then drop what is older than :data:`KEEP_DAYS` keeps. Idempotent;
+        returns the rows made and dropped per table."""
+        out: dict[str, int] = {}
+        with self.engine.begin() as c:
+            out["telemetry_1m"] = self._roll(c, telemetry.c.ts, telemetry.c.value,
+                                             telemetry, AGGREGATES["1min"], "1min", until)
+            one = AGGREGATES["1min"]
+            out["telemetry_15m"] = self._roll(c, one.c.ts, one.c.mean, one,
+                                              AGGREGATES["15min"], "15min", until)
+            for res, table in (("raw", telemetry), ("1min", one),
+                               ("15min", AGGREGATES["15min"])):
+                cutoff = until - pd.Timedelta(days=KEEP_DAYS[res])
+                n = c.execute(table.delete().where(table.c.ts < cutoff)).rowcount
+                out[f"dropped_{table.name}"] = int(n or 0)
+        return out
+
+    @staticmethod
+    def _roll(c: sa.Connection, ts_col: Any, value_col: Any, source: sa.Table,
+              target: sa.Table, freq: str, until: datetime) -> int:
+        """Buckets of ``freq`` from ``source`` ending by ``until``, from :data:`REDO` before
+        the last one made (made again: samples written late, after an outage, count); a
+        source of aggregates weighs each of its buckets by its count."""
+        last = c.execute(sa.select(sa.func.max(target.c.ts))).scalar()
+        end = pd.Timestamp(until).floor(freq)
+        lo = pd.Timestamp(_utc(last)) - REDO if last is not None else None
+        cond = ts_col < end.to_pydatetime()
+        if lo is not None:
+            cond = cond & (ts_col >= lo.to_pydatetime())
+            c.execute(target.delete().where((target.c.ts >= lo.to_pydatetime())
+                                            & (target.c.ts < end.to_pydatetime())))
+        cols = [source.c.asset_id, source.c.point, ts_col, value_col]
+        if source is not telemetry:
+            cols += [source.c.min, source.c.max, source.c.n]
+        rows = c.execute(sa.select(*cols).where(cond)).all()
+        if not rows:
+            return 0
+        df = pd.DataFrame(rows, columns=["asset_id", "point", "ts", "v", *(
+            ["lo", "hi", "n"] if source is not telemetry else [])])
+        df["ts"] = pd.to_datetime(df["ts"], utc=True).dt.floor(freq)
+        if source is telemetry:
+            df["lo"] = df["hi"] = df["v"]
+            df["n"] = 1
+        df["w"] = df["v"].notna() * df["n"]
+        df["vw"] = df["v"].fillna(0.0) * df["w"]
+        g = df.groupby(["asset_id", "point", "ts"])
+        agg = pd.DataFrame({"sw": g["w"].sum(), "svw": g["vw"].sum(), "min": g["lo"].min(),
+                            "max": g["hi"].max()}).reset_index()
+        agg["n"] = agg["sw"]
+        agg["mean"] = np.where(agg["sw"] > 0, agg["svw"] / agg["sw"].where(agg["sw"] > 0, 1),
+                               np.nan)
+        recs = [{"asset_id": r.asset_id, "point": r.point, "ts": r.ts.to_pydatetime(),
+                 "mean": None if np.isnan(r.mean) else float(r.mean),
+                 "min": None if pd.isna(r.min) else float(r.min),
+                 "max": None if pd.isna(r.max) else float(r.max), "n": int(r.n)}
+                for r in agg.itertuples()]
+        c.execute(target.insert(), recs)
+        return len(recs)
 
     # -- tokens -----------------------------------------------------------------------------
 

@@ -81,3 +81,38 @@ def test_schedules_keep_failed_solves_too(storage: Storage) -> None:
     storage.write_schedule(ok)
     storage.write_schedule(failed)
     assert storage.count("schedules") == 2
+
+
+def test_telemetry_is_downsampled_to_1_and_15_minutes_and_old_rows_dropped(
+        storage: Storage) -> None:
+    asset = f"pv-ds-{storage.backend}"
+    t = [T0 + timedelta(seconds=10 * i) for i in range(6 * 40)]  # 40 minutes at 10 s
+    values = [float(i) for i in range(len(t))]
+    samples = [Sample(asset, "active_power_w", v, "W", ts, Quality.GOOD)
+               for ts, v in zip(t, values, strict=True)]
+    samples[7] = Sample(asset, "active_power_w", None, "W", t[7], Quality.BAD)  # not averaged
+    storage.write_telemetry(samples)
+    made = storage.downsample(T0 + timedelta(minutes=40))
+    assert made["telemetry_1m"] >= 40
+    raw = pd.Series([np.nan if s.value is None else s.value for s in samples],
+                    index=pd.DatetimeIndex(t))
+    one = storage.read_telemetry(asset, "active_power_w", T0, T0 + timedelta(minutes=40),
+                                 "1min")
+    assert np.allclose(one.to_numpy(), raw.resample("1min").mean().to_numpy())
+    fifteen = storage.read_telemetry(asset, "active_power_w", T0, T0 + timedelta(minutes=40),
+                                     "15min")
+    # two 15-minute buckets made (the third is not complete), then the raw tail after them
+    expected = raw.resample("15min").mean()
+    assert np.allclose(fifteen.iloc[:2].to_numpy(), expected.iloc[:2].to_numpy())
+    assert fifteen.index[2] == T0 + timedelta(minutes=30)  # the first raw sample after them
+    again = storage.downsample(T0 + timedelta(minutes=40))  # made again, not doubled
+    assert again["telemetry_1m"] == made["telemetry_1m"]
+    one_again = storage.read_telemetry(asset, "active_power_w", T0,
+                                       T0 + timedelta(minutes=40), "1min")
+    assert len(one_again) == len(one)
+    # years later: raw and 1-minute rows are gone, 15-minute ones kept
+    storage.downsample(T0 + timedelta(days=400))
+    assert storage.read_telemetry(asset, "active_power_w", T0, T0 + timedelta(hours=1)).empty
+    kept = storage.read_telemetry(asset, "active_power_w", T0, T0 + timedelta(hours=1),
+                                  "15min")
+    assert len(kept) >= 2

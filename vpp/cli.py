@@ -110,7 +110,7 @@ def check_config(file: Annotated[Path, typer.Argument(help="site configuration (
     console.print(f"control: every {c.interval_s:g} s, margin {c.margin_ratio:.1%}; "
                   f"MQTT {'embedded' if cfg.mqtt.embedded else cfg.mqtt.host}:{cfg.mqtt.port}; "
                   f"API {cfg.api.host}:{cfg.api.port}; storage "
-                  f"{cfg.storage.url or 'SQLite (data dir)'}")
+                  f"{cfg.storage.masked_url or 'SQLite (data dir)'}")
 
 
 @app.command()
@@ -191,7 +191,7 @@ def _token_storage(config: Path | None) -> Any:
     from vpp.service import default_data_dir
     from vpp.storage import Storage
     cfg = _load(config) if config is not None else None
-    url = cfg.storage.url if cfg is not None else None
+    url = cfg.storage.connect_url() if cfg is not None else None
     if url is None:
         d = (Path(cfg.storage.data_dir) if cfg is not None and cfg.storage.data_dir
              else default_data_dir())

@@ -160,6 +160,8 @@ class Commands:
                 out = self._run(principal, action, body)
             except DeniedError as exc:
                 out = Outcome(action, False, exc.status, exc.reason)
+        if out.ok and not await self.ctrl.settle():
+            out.detail += " (applied, but storing it failed: a restart would not resume it)"
         who = principal.name if principal else "unauthenticated"
         role = principal.role.value if principal else "-"
         params = body if isinstance(body, dict) else {"body": repr(body)[:200]}

@@ -23,7 +23,7 @@ from vpp.api import ApiServer, create_app
 from vpp.auth import Tokens
 from vpp.broker import EmbeddedBroker, port_is_free
 from vpp.commands import Commands, MqttCommands
-from vpp.config import SiteConfig
+from vpp.config import SiteConfig, mask_url
 from vpp.controller import Clock, Controller
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
@@ -114,12 +114,12 @@ class Services:
             topics = f"{cfg.mqtt.topic_prefix}/{cfg.site.id}/#"
             self.urls.mqtt = f"mqtt://{host}:{port}  (topics {topics})"
             self._tasks.append(asyncio.create_task(self.mqtt.run(), name="vpp.mqtt"))
-        url = cfg.storage.url
+        url = cfg.storage.connect_url()
         if url is None:
             assert data_dir is not None
             url = f"sqlite:///{data_dir / 'vpp.sqlite'}"
         self.storage = await asyncio.to_thread(Storage, url)
-        self.urls.database = url
+        self.urls.database = mask_url(url)
         metrics = Metrics(site=cfg.site.id, assets=[(a.id, a.kind) for a in cfg.assets],
                           version=__version__) if cfg.metrics.enabled else None
         self.controller = Controller(cfg, clock=self.clock, storage=self.storage, mqtt=self.mqtt,

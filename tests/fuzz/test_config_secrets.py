@@ -171,8 +171,6 @@ def test_check_config_shows_no_secret_given_by_file_or_variable(tmp_path: Path) 
     assert SECRET not in bad.stdout + bad.stderr
 
 
-@pytest.mark.xfail(reason="vpp/cli.py check_config prints cfg.storage.url; it must print "
-                          "cfg.storage.masked_url (docs/security.md)", strict=True)
 def test_check_config_masks_a_password_written_into_the_url(tmp_path: Path) -> None:
     site = tmp_path / "site.toml"
     site.write_text(DEMO_CONFIG.read_text(encoding="utf-8").replace(

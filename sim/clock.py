@@ -84,3 +84,29 @@ class WallClock:
 
     async def sleep_until(self, t: datetime) -> None:
         await self.sleep((t - self.now()).total_seconds())
+
+
+class SteppedClock:
+    """Another clock as a process sees it whose system clock was stepped (NTP, an operator,
+    a bad RTC): ``step(seconds)`` moves it forward or back at once; it runs on from there."""
+
+    def __init__(self, base: SimClock) -> None:
+        self.base = base
+        self.speed = base.speed
+        self.offset_s = 0.0
+
+    def step(self, seconds: float) -> None:
+        self.offset_s += seconds
+
+    def time(self) -> float:
+        return self.base.time() + self.offset_s
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.time(), UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
+
+    async def sleep_until(self, t: datetime) -> None:
+        await self.sleep(t.timestamp() - self.time())
+

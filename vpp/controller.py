@@ -273,6 +273,11 @@ class Controller:
         logged and counted, never fatal."""
         nxt = self.clock.now()
         while True:
+            ahead_s = (nxt - self.clock.now()).total_seconds()
+            if ahead_s > interval_s:  # the clock was set back: carry on from its new time
+                log.warning("%s: the clock went back %.0f s; the loop goes on from now",
+                            step.__name__, ahead_s - interval_s)
+                nxt = self.clock.now()
             if wake is None:
                 await self.clock.sleep_until(nxt)
             else:

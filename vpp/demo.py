@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sim import SimClock, SimulatedPlant
+from sim.clock import SteppedClock
 from sim.plant import RunStats
 from sim.spec import PlantSpec
 from vpp.broker import port_is_free
@@ -58,6 +59,7 @@ class DemoOptions:
     data_dir: Path | None = None
     adjust_spec: Callable[[PlantSpec], PlantSpec] | None = None  # a scenario's changes
     perfect_foresight: bool = False  # comparison runs: the planner sees the actual weather
+    stepped_clock: bool = False  # fault runs: the controller's clock can be stepped
 
 
 class Demo:
@@ -150,7 +152,9 @@ class Demo:
             a.model_copy(update={"host": ports[a.id][0], "port": ports[a.id][1]})
             for a in self.config.assets)})
         self.modbus_urls = {a: f"modbus://{h}:{p}" for a, (h, p) in ports.items()}
-        self.services = Services(self.config, clock=self.clock,
+        self.controller_clock: Any = (SteppedClock(self.clock) if self.options.stepped_clock
+                                      else self.clock)
+        self.services = Services(self.config, clock=self.controller_clock,
                                  control_interval_s=self.control_interval_s,
                                  ephemeral_ports=self.options.ephemeral_ports,
                                  data_dir=self.options.data_dir, history=self.history_frame(),

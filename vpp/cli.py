@@ -182,7 +182,7 @@ def run(
             err.print(f"--sim-clock {sim_clock}: {exc}", highlight=False)
             raise typer.Exit(1) from None
     from vpp.service import serve
-    _run(serve(cfg, console, clock=clock))
+    _run(serve(cfg, console, clock=clock, config_path=config))
 
 
 def _token_storage(config: Path | None) -> Any:

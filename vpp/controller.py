@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel
 
 from drivers import (
     Device,
@@ -969,6 +970,42 @@ class Controller:
         alarm = self.alarms.acknowledge(key, by, self.clock.now())
         self._alarm_changed(alarm)
         return alarm
+
+    def reload(self, new: SiteConfig) -> tuple[list[str], list[str]]:
+        """Take a re-read configuration: what can change live changes (the connection's
+        caps, the enforcement margin and SOC taper); anything else needs a restart and is
+        only reported. Returns (applied, needing a restart), as dotted field names."""
+        old = self.config
+        live = {"pcc.export_cap_w", "pcc.import_limit_w", "control.margin_ratio",
+                "control.soc_taper_s"}
+        changed: list[str] = []
+        for section in type(old).model_fields:
+            o, n = getattr(old, section), getattr(new, section)
+            if o == n:
+                continue
+            if isinstance(o, BaseModel) and type(o) is type(n):
+                changed += [f"{section}.{k}" for k in type(o).model_fields
+                            if getattr(o, k) != getattr(n, k)]
+            else:
+                changed.append(section)  # the assets: their list as a whole
+        applied = [c for c in changed if c in live]
+        restart = [c for c in changed if c not in live]
+        if not applied:
+            return applied, restart
+        self.config = old.model_copy(update={
+            "pcc": old.pcc.model_copy(update={"export_cap_w": new.pcc.export_cap_w,
+                                              "import_limit_w": new.pcc.import_limit_w}),
+            "control": old.control.model_copy(update={
+                "margin_ratio": new.control.margin_ratio,
+                "soc_taper_s": new.control.soc_taper_s})})
+        self.instructions.base_cap_w = new.pcc.export_cap_w
+        self.instructions.base_import_w = new.pcc.import_limit_w
+        self.enforce_params = dataclasses.replace(
+            self.enforce_params, margin_ratio=new.control.margin_ratio,
+            soc_taper_s=new.control.soc_taper_s)
+        self.state.export_cap_w = self.export_cap_at(self.clock.now())
+        self._replan.set()
+        return applied, restart
 
     def set_operating_mode(self, mode: str) -> str:
         """``auto`` or ``reactive``; re-plans at once. Returns the mode before."""

@@ -6,7 +6,9 @@ Used by ``vpp run`` (real time, real devices) and ``vpp demo`` (simulated plant)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from vpp.api import ApiServer, create_app
 from vpp.auth import Tokens
 from vpp.broker import EmbeddedBroker, port_is_free
 from vpp.commands import Commands, MqttCommands
-from vpp.config import SiteConfig, mask_url
+from vpp.config import ConfigError, SiteConfig, load_config, mask_url
 from vpp.controller import Clock, Controller
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
@@ -149,6 +151,29 @@ class Services:
         return await asyncio.to_thread(self.tokens.create, name, role,
                                        self.controller.clock.now())
 
+    async def reload(self, path: Path) -> bool:
+        """Re-read the configuration file (``vpp run`` on SIGHUP). A file with an error
+        changes nothing: the problems are logged and alarm ``config_reload_failed`` is
+        raised until a good file is read. Returns whether the file was good."""
+        ctrl = self.controller
+        assert ctrl is not None
+        try:
+            new = await asyncio.to_thread(load_config, path)
+            if new.site.id != ctrl.config.site.id:
+                raise ConfigError(str(path), [
+                    f"site.id: {new.site.id!r} is not this controller's site "
+                    f"{ctrl.config.site.id!r}"])
+        except ConfigError as exc:
+            log.error("configuration reload refused, nothing changed: %s", exc)
+            ctrl.set_alarm("config_reload_failed", True, f"{path}: {len(exc.problems)} "
+                           f"problem(s): {'; '.join(exc.problems)[:500]}")
+            return False
+        applied, restart = ctrl.reload(new)
+        ctrl.set_alarm("config_reload_failed", False, "")
+        log.warning("configuration reloaded from %s: applied %s%s", path, applied or "nothing",
+                    f"; needing a restart: {restart}" if restart else "")
+        return True
+
     def check(self) -> None:
         """Raise the error of a part that died."""
         for t in [*self._tasks, self._control_task]:
@@ -176,9 +201,11 @@ class Services:
             self._tmp.cleanup()
 
 
-async def serve(config: SiteConfig, console: Console, *, clock: Clock | None = None) -> None:
+async def serve(config: SiteConfig, console: Console, *, clock: Clock | None = None,
+                config_path: Path | None = None) -> None:
     """``vpp run``: the controller until cancelled, in real time or on ``clock`` (a
-    simulator's), with the control step the clock's speed allows."""
+    simulator's), with the control step the clock's speed allows; SIGHUP re-reads
+    ``config_path``."""
     from sim.clock import WallClock
     from vpp.demo import auto_control_interval_s
     # the default data directory holds SQLite storage and, with any storage, the MQTT outbox
@@ -195,6 +222,15 @@ async def serve(config: SiteConfig, console: Console, *, clock: Clock | None = N
         if not await asyncio.to_thread(svc.storage.list_tokens):
             console.print("  [yellow]no API tokens yet[/]: create one with "
                           "`vpp token create --role admin --name <who> -c <config>`")
+        if config_path is not None:
+            reloads: set[asyncio.Task[bool]] = set()
+
+            def on_hup() -> None:
+                t = asyncio.create_task(svc.reload(config_path))
+                reloads.add(t)
+                t.add_done_callback(reloads.discard)
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_hup)
         while True:
             svc.check()
             await asyncio.sleep(1.0)

@@ -95,6 +95,7 @@ MIN_WALL_TIMEOUT_S = 0.1
 # with this much more margin (unmeasured losses, reading skew)
 ESTIMATE_MARGIN_RATIO = 0.03
 DOWNSAMPLE_LAG = timedelta(minutes=10)  # buckets are made once this much older
+DOWNSAMPLE_EVERY_WALL_S = 60.0
 REACTIVE = "reactive"  # dispatch.planner: no plan, the real-time limiter alone
 # flexible-load status register values (drivers/profiles/generic-flex-load.yaml)
 FLEX_DONE, FLEX_MISSED = 4, 5
@@ -213,6 +214,7 @@ class Controller:
         self._heartbeat = 0
         self._written_at: dict[str, datetime] = {}
         self.alarms = AlarmBook()
+        self._next_downsample_wall = time.monotonic() + DOWNSAMPLE_EVERY_WALL_S
         self._unsettled: list[asyncio.Future[Any]] = []  # writes a command's answer awaits
         self._alarm_pending: dict[str, datetime] = {}  # condition seen since, not yet raised
         self.trend = Trend(step_s=max(60.0, self.control_interval_s))
@@ -1029,7 +1031,11 @@ class Controller:
             self._next_forecast = _floor(now, self.config.forecasting.issue_interval_s) + \
                 timedelta(seconds=self.config.forecasting.issue_interval_s)
         await self.solve(now)
-        if self.storage is not None:  # downsampling, leaving late samples room to arrive
+        # downsampling, leaving late samples room to arrive; at most once a wall minute:
+        # its pandas work holds the interpreter, which at high speed is simulated seconds
+        wall = time.monotonic()
+        if self.storage is not None and wall >= self._next_downsample_wall:
+            self._next_downsample_wall = wall + DOWNSAMPLE_EVERY_WALL_S
             self._store(self.storage.downsample, now - DOWNSAMPLE_LAG)
 
     async def issue_forecasts(self, now: datetime) -> None:

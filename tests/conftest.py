@@ -100,23 +100,13 @@ def mosquitto() -> tuple[str, int]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database for the session, dropped at the end."""
-    require_service("PostgreSQL", 5432)
-    import sqlalchemy as sa
-
-    name = f"vpp_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with _fresh_postgres() as url:
+        yield url
 
 
 @contextlib.contextmanager
 def _fresh_postgres() -> Iterator[str]:
+    """A PostgreSQL database of its own, dropped after."""
     require_service("PostgreSQL", 5432)
     import sqlalchemy as sa
 

@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck clean bench bench-county bench-forecast bench-dispatch \
-	bench-dispatch-quality
+	bench-dispatch-quality reliability
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -56,3 +56,8 @@ bench-dispatch: $(STAMP)
 # (about 20 minutes): docs/dispatch.md.
 bench-dispatch-quality: $(STAMP)
 	$(BIN)/python -m bench.dispatch_quality $(BENCH_ARGS)
+
+# The fault matrix: every fault of docs/reliability.md done to a running demo county,
+# measured, and the table written there (about 4 minutes).
+reliability: $(STAMP)
+	$(BIN)/vpp fault-matrix --out docs/reliability.md $(ARGS)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -60,13 +60,15 @@ class Poller:
 
     Intervals are in the clock's seconds; ``speed`` is the clock's seconds per wall second
     (a simulated clock's speed). Use as an async context manager; ``stats`` keeps the poll
-    count and durations per device.
+    count and durations per device. ``on_poll(device, poll_class)`` is called as each poll
+    ends, its values in the device's ``latest`` (a poller shard publishes them from there).
     """
 
     def __init__(self, devices: list[Device], *, fast_interval_s: float = 1.0,
                  slow_interval_s: float = 60.0, classes: tuple[PollClass, ...] = (
                      PollClass.ONCE, PollClass.FAST, PollClass.SLOW),
-                 speed: float = 1.0, keep_durations: int = 1000) -> None:
+                 speed: float = 1.0, keep_durations: int = 1000,
+                 on_poll: Callable[[Device, PollClass], None] | None = None) -> None:
         if speed <= 0:
             raise ValueError(f"Poller speed must be > 0, got {speed}")
         self.devices = devices
@@ -75,6 +77,7 @@ class Poller:
         self._wall = {PollClass.FAST: fast_interval_s / speed,
                       PollClass.SLOW: slow_interval_s / speed}
         self._periodic = tuple(pc for pc in (PollClass.FAST, PollClass.SLOW) if pc in classes)
+        self.on_poll = on_poll
         self.stats = {d.asset_id: PollStats(durations_s=deque(maxlen=keep_durations))
                       for d in devices}
         self._due: dict[tuple[str, PollClass], float] = {}
@@ -118,6 +121,8 @@ class Poller:
                     st.polls += 1
                     st.failures += dev.health is Health.OFFLINE
                     st.durations_s.append(st.last_duration_s)
+                if self.on_poll is not None and not isinstance(result, Exception):
+                    self.on_poll(dev, pc)
             except Exception:  # keep the schedule alive whatever happens here
                 log.exception("%s: poll bookkeeping failed", dev.asset_id)
             self._chain(dev, rest)

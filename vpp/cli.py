@@ -249,6 +249,47 @@ def run(
     _run(serve(cfg, console, clock=clock, config_path=config))
 
 
+@app.command()
+def poll(
+    shard: Annotated[str, typer.Option(help="which shard this is: i/n, shard i (from 0) of n "
+                                       "(n = the site's polling.shards)")],
+    config: Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")],
+    sim_clock: Annotated[Path | None, typer.Option(
+        help="follow a simulator's clock (the file `vpp sim serve --clock-file` writes)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Poll one shard of a site's devices and exchange telemetry and setpoints with its
+    controller over MQTT (docs/deploy.md: pollers as shards on other hosts)."""
+    _logging(verbose)
+    cfg = _load(config)
+    from vpp.devices import ShardSpecError, parse_shard
+    try:
+        i, n = parse_shard(shard, configured=cfg.polling.shards)
+    except ShardSpecError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    clock: Any = None
+    if sim_clock is not None:
+        from sim import SimClock
+        try:
+            clock = SimClock.from_json(json.loads(sim_clock.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            err.print(f"--sim-clock {sim_clock}: {exc}", highlight=False)
+            raise typer.Exit(1) from None
+    else:
+        from sim.clock import WallClock
+        clock = WallClock()
+    from vpp.shard import ShardPoller
+    poller = ShardPoller(cfg, shard=i, shards=n, clock=clock)
+    mq = cfg.mqtt
+    console.print(f"shard {i}/{n} of site [bold]{cfg.site.id}[/]: {len(poller.assets)} assets "
+                  f"on {len(poller.connections)} endpoints; MQTT {mq.host}:{mq.port}, topics "
+                  f"{poller.topics.base}/#", soft_wrap=True)
+    sys.stdout.flush()
+    _run(poller.run())
+
+
 def _token_storage(config: Path | None) -> Any:
     """The database ``vpp run -c config`` uses (its storage section, else the default data
     directory)."""

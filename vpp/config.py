@@ -38,6 +38,7 @@ from drivers.profile import Capability, ProfileError, load_profile
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 SUNSPEC = "sunspec"  # a profile discovered from the device's SunSpec model chain
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+MAX_SHARDS = 256  # poller shards a site may have
 MAX_SECRET_BYTES = 4096  # a password file longer than this is not one (/dev/zero, a log)
 
 # what the controller needs of each kind of asset, as capabilities of its profile
@@ -377,6 +378,9 @@ class PollingSection(_Frozen):
     slow_interval_s: float = Field(default=60.0, gt=0)
     max_connections: int = Field(default=64, ge=1, le=10_000)
     sample_queue_size: int = Field(default=100_000, ge=100)
+    shards: int = Field(default=0, ge=0, le=MAX_SHARDS, description=(
+        "0: the controller polls every device itself; n: `vpp poll --shard i/n` processes "
+        "poll them and exchange telemetry and setpoints with it over MQTT"))
 
 
 class MqttSection(_Frozen):
@@ -587,6 +591,7 @@ class SiteConfig(_Frozen):
                 raise FieldError(("assets", i, "profile"), f"profile {a.profile} of asset "
                                  f"{a.id} lacks what a {what} needs: "
                                  f"{sorted(c.value for c in lacking)}")
+        self._check_shards()
         endpoints = {(a.host, a.port) for a in self.assets}
         if len(endpoints) > self.polling.max_connections:
             raise FieldError(("polling", "max_connections"), f"{{field}} is "
@@ -616,6 +621,25 @@ class SiteConfig(_Frozen):
                              f"include {[round(q, 6) for q in missing]}, which dispatch uses")
         self._check_groups(by_id)
         return self
+
+    def _check_shards(self) -> None:
+        if not self.polling.shards:
+            return
+        if not self.mqtt.enabled:
+            raise FieldError(("polling", "shards"), f"{{field}} = {self.polling.shards} needs "
+                             "MQTT (the shards' telemetry and setpoints go through the broker); "
+                             "set mqtt.enabled = true, or shards = 0 to poll here")
+        if self.mqtt.embedded:
+            raise FieldError(("mqtt", "embedded"), f"{{field}} is true, but polling.shards = "
+                             f"{self.polling.shards} needs a broker the shards reach: set "
+                             "mqtt.embedded = false and mqtt.host/port to Mosquitto's (or an "
+                             "MQTT cluster's)")
+        for i, a in enumerate(self.assets):
+            if a.profile == SUNSPEC:
+                raise FieldError(("assets", i, "profile"), f"asset {a.id}: profile 'sunspec' "
+                                 "is not supported with polling.shards > 0 (its models are "
+                                 "discovered by the controller); give a profile file, or set "
+                                 "polling.shards = 0")
 
     def _check_groups(self, by_id: dict[str, Asset]) -> None:
         seen: set[str] = set()

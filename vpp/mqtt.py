@@ -125,6 +125,19 @@ class _ClosingSSLSocket(ssl.SSLSocket):
             raise
 
 
+def tls_context(*, ca_file: str | None, cert_file: str | None, key_file: str | None,
+                insecure: bool) -> ssl.SSLContext:
+    """The TLS context of a broker connection: ``ca_file`` to trust (none: the system's),
+    an optional client certificate, and with ``insecure`` no hostname check (tests only)."""
+    ctx = ssl.create_default_context(cafile=ca_file)
+    if cert_file is not None:
+        ctx.load_cert_chain(cert_file, key_file)
+    if insecure:
+        ctx.check_hostname = False  # the certificate is still verified against the CA
+    ctx.sslsocket_class = _ClosingSSLSocket
+    return ctx
+
+
 class MqttBridge:
     """Publishes the controller's state and receives its commands; one owner of one broker
     connection.
@@ -266,13 +279,8 @@ class MqttBridge:
             self._outbox = None
 
     def _tls_context(self) -> ssl.SSLContext:
-        ctx = ssl.create_default_context(cafile=self.tls_ca_file)
-        if self.tls_cert_file is not None:
-            ctx.load_cert_chain(self.tls_cert_file, self.tls_key_file)
-        if self.tls_insecure:
-            ctx.check_hostname = False  # the certificate is still verified against the CA
-        ctx.sslsocket_class = _ClosingSSLSocket
-        return ctx
+        return tls_context(ca_file=self.tls_ca_file, cert_file=self.tls_cert_file,
+                           key_file=self.tls_key_file, insecure=self.tls_insecure)
 
     def _client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(f"{self.base}/status",

@@ -223,41 +223,44 @@ def fault_matrix(
         raise typer.Exit(code)
 
 
+SiteFile = Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")]
+SimClockFile = Annotated[Path | None, typer.Option(
+    help="follow a simulator's clock (the file `vpp sim serve --clock-file` writes)")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v")]
+
+
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")],
-    sim_clock: Annotated[Path | None, typer.Option(
-        help="follow a simulator's clock (the file `vpp sim serve --clock-file` writes)")
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    config: SiteFile,
+    sim_clock: SimClockFile = None,
+    verbose: Verbose = False,
 ) -> None:
     """Run the controller against the devices of a site configuration: in real time, or on
     a simulator's clock."""
     _logging(verbose)
     cfg = _load(config)
-    clock = None
-    if sim_clock is not None:
-        import json
-
-        from sim import SimClock
-        try:
-            clock = SimClock.from_json(json.loads(sim_clock.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            err.print(f"--sim-clock {sim_clock}: {exc}", highlight=False)
-            raise typer.Exit(1) from None
+    clock = None if sim_clock is None else _sim_clock(sim_clock)
     from vpp.service import serve
     _run(serve(cfg, console, clock=clock, config_path=config))
+
+
+def _sim_clock(path: Path) -> Any:
+    """The simulator's clock from its ``--clock-file`` (exit 1 with the reason)."""
+    from sim import SimClock
+    try:
+        return SimClock.from_json(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError) as exc:
+        err.print(f"--sim-clock {path}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command()
 def poll(
     shard: Annotated[str, typer.Option(help="which shard this is: i/n, shard i (from 0) of n "
                                        "(n = the site's polling.shards)")],
-    config: Annotated[Path, typer.Option("--config", "-c", help="site configuration (TOML)")],
-    sim_clock: Annotated[Path | None, typer.Option(
-        help="follow a simulator's clock (the file `vpp sim serve --clock-file` writes)")
-    ] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    config: SiteFile,
+    sim_clock: SimClockFile = None,
+    verbose: Verbose = False,
 ) -> None:
     """Poll one shard of a site's devices and exchange telemetry and setpoints with its
     controller over MQTT (docs/deploy.md: pollers as shards on other hosts)."""
@@ -269,17 +272,8 @@ def poll(
     except ShardSpecError as exc:
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(2) from None
-    clock: Any = None
-    if sim_clock is not None:
-        from sim import SimClock
-        try:
-            clock = SimClock.from_json(json.loads(sim_clock.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
-            err.print(f"--sim-clock {sim_clock}: {exc}", highlight=False)
-            raise typer.Exit(1) from None
-    else:
-        from sim.clock import WallClock
-        clock = WallClock()
+    from sim.clock import WallClock
+    clock = WallClock() if sim_clock is None else _sim_clock(sim_clock)
     from vpp.shard import ShardPoller
     poller = ShardPoller(cfg, shard=i, shards=n, clock=clock)
     mq = cfg.mqtt

@@ -112,7 +112,8 @@ class ShardPoller:
                    if (e := poll_entry(dev, pc)) is not None]
         self._waiting = {}
         self._seq += 1
-        self._push(telemetry_message(self.shard, self._seq, time.time(), entries))
+        self._push(telemetry_message(self.shard, self._seq, time.time(), entries,
+                                     polled=self.polls))
         self.entries_sent += len(entries)
 
     def _push(self, payload: bytes) -> None:

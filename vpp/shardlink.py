@@ -149,6 +149,7 @@ class ShardLink:
         self.bad_messages = 0
         self.bad_entries = 0
         self.entries_by_shard = [0] * self.shards
+        self.polled = [0] * self.shards  # each shard's polls so far, as it last said
         self.latencies_s: deque[float] = deque(maxlen=max(1, measure))
         self.measure = measure > 0
         self._warned_at = 0.0
@@ -261,6 +262,8 @@ class ShardLink:
                 raise WireError(f"telemetry of shard {tel.shard} on shard {shard}'s topic")
             if not retained:
                 self._heard[shard] = time.monotonic()
+                if tel.polled is not None:
+                    self.polled[shard] = tel.polled
             self._apply(shard, tel.polls)
         elif kind == "status":
             self._status(shard, payload)

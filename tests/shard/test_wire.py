@@ -4,14 +4,19 @@ with messages that name what is wrong."""
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import random
 import re
+import struct
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from drivers import Device, Health, ModbusConnection, PollClass, Quality, load_profile
 from drivers.device import WriteError, WriteRefusedError, WriteResult
@@ -31,6 +36,7 @@ from drivers.remote import (
     telemetry_message,
 )
 from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
+from vpp.cli import app
 from vpp.config import ConfigError, SiteConfig, parse_config
 from vpp.devices import ShardSpecError, assign_shards, assignment_digest, parse_shard
 from vpp.shardlink import ShardLink
@@ -184,6 +190,17 @@ async def test_old_fast_values_are_stale_even_from_a_live_shard() -> None:
     assert remote.value("soc") is None and remote.health is Health.OFFLINE
 
 
+def _pack(*values: float) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}d", *values)).decode()
+
+
+def test_packed_values_carry_missing_as_nan_and_json_lists_are_taken_too() -> None:
+    *_, vals, _ = check_entry(_entry(values=_pack(1.5, math.nan, -2.0, 0.0), quals="gmgb"))
+    assert list(vals) == [1.5, None, -2.0, 0.0]
+    *_, vals, _ = check_entry(_entry(values=[1.5, None, -2, 0.0], quals="gmgb"))
+    assert list(vals) == [1.5, None, -2, 0.0]
+
+
 def _entry(**change: Any) -> list[Any]:
     e = {"asset": "bess1", "class": "fast", "ts": 1.0, "health": "online",
          "values": [1.0, 2.0, 0.5, 0.0], "quals": ""} | change
@@ -197,10 +214,16 @@ def _entry(**change: Any) -> list[Any]:
                                    "'slow']"),
     (_entry(ts="noon"), "ts 'noon' is not a POSIX time"),
     (_entry(health="fine"), "health 'fine' is not allowed"),
-    (_entry(values=[1.0, "2"]), "values must be a list of numbers and nulls"),
-    (_entry(values=[True]), "values must be a list of numbers and nulls"),
-    (_entry(quals="gg"), "qualities 'gg' must be '' or one of"),
-    (_entry(quals="ggxg"), "qualities 'ggxg' must be"),
+    (_entry(values=[1.0, "2"]), "values must be packed (base64 float64) or a list of "
+                                "numbers and nulls"),
+    (_entry(values=[True]), "values must be packed"),
+    (_entry(values={"a": 1}), "values must be packed"),
+    (_entry(values="@@@@"), "values '@@@@'... are not base64"),
+    (_entry(values=_pack(1.0)[:-4]), "6 bytes of values, not a whole number of float64"),
+    (_entry(values=_pack(1.0, math.nan)), "a value said good is no finite number"),
+    (_entry(values=_pack(1.0, math.inf)), "a value said good is no finite number"),
+    (_entry(quals="gg"), "2 qualities for 4 values"),
+    (_entry(quals="ggxg"), "qualities 'ggxg' must be '' or one of"),
 ])
 def test_bad_entries_are_refused(entry: Any, says: str) -> None:
     with pytest.raises(EntryError, match=re.escape(says)):
@@ -227,6 +250,8 @@ async def test_entries_that_do_not_fit_the_profile_are_refused() -> None:
 
 @pytest.mark.parametrize(("payload", "says"), [
     (b"{not json", "telemetry: not JSON"),
+    (b'{"schema": 1, "shard": 0, "seq": 1, "sent": NaN, "polls": []}',
+     "telemetry: not JSON (NaN is no JSON number)"),
     (b"[1, 2]", "telemetry: a JSON object is expected, got list"),
     (b'{"schema": 2, "polls": []}', "schema 2 is not allowed; this side speaks schema 1"),
     (b'{"schema": 1, "shard": 0, "seq": 1, "sent": 1.0}', "polls = None is not allowed: a "
@@ -251,9 +276,10 @@ def test_setpoints_and_acks_round_trip_and_bad_ones_are_refused() -> None:
                                                              1e6, True)
     for bad, says in ((_setpoint(value="high"), "value = 'high' is not allowed: a int or "
                                                 "float is expected"),
-                      (b'{"schema": 1, "id": "r", "value": NaN}', "deadline_s = None"),
-                      (_setpoint(value=float("inf")), "value inf is not allowed: a finite "
-                                                      "number"),
+                      (b'{"schema": 1, "id": "r", "value": NaN}', "setpoint: not JSON "
+                                                                  "(NaN is no JSON number)"),
+                      (_setpoint(value=float("inf")), "(Infinity is no JSON number)"),
+                      (_setpoint(asset=7), "asset = 7 is not allowed: a str is expected"),
                       (_setpoint(deadline_s=0), "deadline_s 0.0 is not allowed: (0, 600] s"),
                       (_setpoint(verify=1), "verify = 1 is not allowed: a bool is expected"),
                       (_setpoint(id=None), "id = None is not allowed")):
@@ -298,3 +324,34 @@ def test_the_link_takes_only_a_shard_own_assets() -> None:
         link.handle(f"{base}/7/telemetry", payload)
     with pytest.raises(WireError, match="state must be online or offline"):
         link.handle(f"{base}/0/status", b'{"state": "fine"}')
+
+
+@pytest.mark.parametrize(("shard", "says"), [
+    ("2/2", "--shard '2/2' is not allowed: n must be at least 1 and i within 0..n - 1 "
+            "(here 0..1)"),
+    ("0/3", "--shard '0/3' is not allowed: the site's polling.shards is 2; give i/2"),
+    ("one", "--shard 'one' is not allowed: give i/n"),
+])
+def test_vpp_poll_refuses_a_bad_shard(tmp_path: Path, shard: str, says: str) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text("""
+[site]
+id = "s"
+latitude = 38.0
+longitude = 106.0
+[pcc]
+meter = "pcc"
+export_cap_w = 1e6
+import_limit_w = 1e6
+[[assets]]
+id = "pcc"
+kind = "meter"
+profile = "generic-meter"
+[polling]
+shards = 2
+[mqtt]
+embedded = false
+""", encoding="utf-8")
+    res = CliRunner().invoke(app, ["poll", "--shard", shard, "--config", str(site)])
+    assert res.exit_code == 2, res.output
+    assert says in " ".join(res.output.split())

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +36,7 @@ from pydantic import BaseModel
 from drivers import (
     Device,
     DeviceError,
+    Health,
     ModbusConnection,
     PollClass,
     Profile,
@@ -66,7 +68,13 @@ from vpp.dispatch import (
 )
 from vpp.enforce import BatteryNow, Command, EnforceParams, FlexNow, GeneratorNow, enforce
 from vpp.fallback import LAST_GOOD, OPTIMAL, RULE_BASED, last_good, rule_based_plan
-from vpp.forecasts import SiteForecasts, clear_sky_envelope, run_forecasts, warm_up
+from vpp.forecasts import (
+    SiteForecasts,
+    clear_sky_envelope,
+    die_with_parent,
+    run_forecasts,
+    warm_up,
+)
 from vpp.history import IntervalHistory
 from vpp.instructions import (
     KEEP_ENDED,
@@ -89,6 +97,8 @@ log_forecasting = logging.getLogger("forecasting")
 # a reading beyond its asset's rating by more than this share is implausible (a device
 # that lies): generators may overshoot their nameplate a little, never by half
 PLAUSIBLE_RATIO = 0.2
+# a county's demand may exceed its loads' typical peaks: by this factor at most
+LOAD_PEAK_FACTOR = 2.0
 # a request timeout shorter than this [wall s] would fire while the loop is merely busy
 MIN_WALL_TIMEOUT_S = 0.1
 # with the PCC meter lost, export estimated from every device's reading keeps control,
@@ -106,6 +116,21 @@ class Clock(Protocol):
 
     def now(self) -> datetime: ...
     async def sleep_until(self, t: datetime) -> None: ...
+
+
+def export_range_w(config: SiteConfig) -> tuple[float, float]:
+    """The PCC export [W] the county's assets can physically make, widened as a reading's
+    plausibility test: at most every generator at nameplate and every battery discharging,
+    at least every load at twice its typical peak with every battery and flexible load
+    drawing their most (a meter beyond it lies, and is not used)."""
+    gen = sum(g.rated_power_w for g in config.of_kind("pv")) + sum(
+        w.rated_power_w for w in config.of_kind("wind"))
+    bats = config.of_kind("battery")
+    draw = (LOAD_PEAK_FACTOR * sum(ld.peak_w or 0.0 for ld in config.of_kind("load"))
+            + sum(ld.flexible.max_w for ld in config.of_kind("load") if ld.flexible)
+            + sum(b.max_charge_w for b in bats))
+    return (-(1 + PLAUSIBLE_RATIO) * draw - PLAUSIBLE_RATIO * gen,
+            (1 + PLAUSIBLE_RATIO) * (gen + sum(b.max_discharge_w for b in bats)))
 
 
 def _floor(t: datetime, step_s: float) -> datetime:
@@ -205,6 +230,10 @@ class Controller:
         self._replan = asyncio.Event()  # set: plan now, not at the next interval
         self._beat_withheld = False
         self._implausible: set[str] = set()  # assets whose readings their ratings rule out
+        self._export_range_w = export_range_w(config)
+        # devices whose writes fail while their reads succeed (frozen: they repeat old
+        # replies): held until a heartbeat takes again, and read since (clock time), or None
+        self._unresponsive: dict[str, datetime | None] = {}
         self._next_fit: datetime | None = None
         self._stored: dict[tuple[str, str], Sample] = {}
         self._next_publish_wall = 0.0
@@ -265,8 +294,8 @@ class Controller:
                     tasks.append(tg.create_task(self._every(min(beats), self.heartbeat_step),
                                                 name="vpp.heartbeat"))
                 await stop.wait()
-                for t in tasks:
-                    t.cancel()
+                # cancelled until they end: a loop may swallow one cancellation
+                await cancel_and_wait(tasks)
         finally:
             await self.close()
 
@@ -452,15 +481,45 @@ class Controller:
             log.warning("control steps succeed again: heartbeat resumed")
         self._beat_withheld = False
         self._heartbeat = (self._heartbeat + 1) % 0x10000
-        await asyncio.gather(*(
-            self._write(aid, d.profile.heartbeat.point, float(self._heartbeat), record=False,
-                        verify=False)
-            for aid, d in self.devices.items() if d.profile.heartbeat is not None))
+        beating = [aid for aid, d in self.devices.items() if d.profile.heartbeat is not None]
+        # verified: a device that answers reads but does not take writes (frozen, repeating
+        # old replies) is found by its heartbeat within a beat, and held
+        took = await asyncio.gather(*(
+            self._write(aid, self.devices[aid].profile.heartbeat.point,  # type: ignore[union-attr]
+                        float(self._heartbeat), record=False)
+            for aid in beating))
+        now = self.clock.now()
+        for aid, ok in zip(beating, took, strict=True):
+            dev = self.devices[aid]
+            if not ok and dev.health is not Health.OFFLINE:
+                if aid not in self._unresponsive or self._unresponsive[aid] is not None:
+                    log.warning("%s answers reads but does not take writes: held, its "
+                                "readings not trusted", aid)
+                self._unresponsive[aid] = None
+            elif ok and aid in self._unresponsive and self._unresponsive[aid] is None:
+                self._unresponsive[aid] = now  # trusted again once read after this
+            self.set_alarm(f"device_unresponsive:{aid}", aid in self._unresponsive,
+                           f"{aid} answers reads but does not take writes (frozen?): held")
+
+    def _responsive(self, asset_id: str) -> bool:
+        """False for a device whose writes fail while its reads succeed, until it has taken
+        a heartbeat and been read after it (a reply served before that may be a frozen one)."""
+        if asset_id not in self._unresponsive:
+            return True
+        since = self._unresponsive[asset_id]
+        s = self.devices[asset_id].latest.get("active_power_w")
+        if since is None or s is None or s.ts <= since:
+            return False
+        del self._unresponsive[asset_id]
+        self.set_alarm(f"device_unresponsive:{asset_id}", False,
+                       f"{asset_id} takes writes again")
+        return True
 
     def _forecast_pool(self) -> ProcessPoolExecutor:
         if self._forecaster_pool is None:
             self._forecaster_pool = ProcessPoolExecutor(
-                1, mp_context=multiprocessing.get_context("spawn"))
+                1, mp_context=multiprocessing.get_context("spawn"),
+                initializer=die_with_parent, initargs=(os.getpid(),))
             self._forecaster_pool.submit(warm_up)
         return self._forecaster_pool
 
@@ -578,6 +637,9 @@ class Controller:
         fresh = self.config.pcc.meter in polled and s is not None and s.usable and (
             (now - s.ts).total_seconds() <= self.config.control.pcc_stale_s)
         export = s.value if fresh and s is not None else None
+        if export is not None:  # a meter that lies is flagged, not trusted
+            export = self._plausible(self.config.pcc.meter, export, *self._export_range_w)
+            fresh = export is not None
         written = self.state.written_w
         gens = []
         for g in self.generators:
@@ -585,7 +647,8 @@ class Controller:
             out, limit = dev.value("active_power_w"), capabilities.active_power_limit_w(dev)
             out = self._plausible(g.id, out, -PLAUSIBLE_RATIO * g.rated_power_w,
                                   (1 + PLAUSIBLE_RATIO) * g.rated_power_w)
-            usable = g.id in polled and out is not None and limit is not None
+            usable = (g.id in polled and out is not None and limit is not None
+                      and self._responsive(g.id))
             if out is not None:
                 self._last_output[g.id] = out
             gens.append(GeneratorNow(
@@ -601,7 +664,7 @@ class Controller:
             p = self._plausible(b.id, p, -(1 + PLAUSIBLE_RATIO) * b.max_charge_w,
                                 (1 + PLAUSIBLE_RATIO) * b.max_discharge_w)
             usable = (b.id in polled and p is not None and soc is not None
-                      and not capabilities.in_fault(dev))
+                      and not capabilities.in_fault(dev) and self._responsive(b.id))
             bats.append(BatteryNow(
                 id=b.id, power_w=p if p is not None else written.get(b.id, 0.0),
                 soc=soc if soc is not None else b.soc_min, capacity_wh=b.capacity_wh,
@@ -651,7 +714,8 @@ class Controller:
             assert ld.flexible is not None
             p = self._plausible(ld.id, p, -(1 + PLAUSIBLE_RATIO) * ld.flexible.max_w,
                                 PLAUSIBLE_RATIO * ld.flexible.max_w)
-            usable = ld.id in polled and p is not None and due is not None
+            usable = (ld.id in polled and p is not None and due is not None
+                      and self._responsive(ld.id))
             done = status is not None and int(status) in (FLEX_DONE, FLEX_MISSED)
             out.append(FlexNow(id=ld.id, draw_w=max(0.0, -(p or 0.0)), max_w=ld.flexible.max_w,
                                due_wh=0.0 if done or due is None else due,

@@ -260,14 +260,18 @@ def _enforce(*, export_w: float | None, cap_w: float, generators: list[Generator
     # other battery change) does to export is what the generators' limits must absorb
     bats = {k: min(max(v, lo[k]), hi[k]) for k, v in bats.items()}
     room_g = room - sum(bats[k] - b_now[k] for k in bats)
+    # more charging asked of a battery may spare a cut, but raises no limit before it is
+    # measured: a battery that lags its setpoint (or is just back) would hand the
+    # generators room it has not made
+    room_raise = min(room_g, room - sum(max(0.0, bats[k] - b_now[k]) for k in bats))
 
     # generators: headroom from the room left, or a cut when there is none
     limits: dict[str, float] = {}
     total_head = sum(head.values())
-    if room_g >= total_head:
+    if room_raise >= total_head:
         limits = {g.id: _rise_cap(g, g.rated_power_w) for g in generators}
     elif room_g >= 0:
-        share = _spread(room_g, head)
+        share = _spread(max(0.0, room_raise), head)
         limits = {g.id: _rise_cap(g, min(g.rated_power_w, g.output_w + share[g.id]))
                   for g in generators}
         if mode is EnforceMode.NORMAL:

@@ -16,6 +16,8 @@ after (``combined``).
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -222,5 +224,19 @@ def warm_up() -> None:
     import statsmodels.tsa.statespace.sarimax  # noqa: F401
 
 
+def die_with_parent(parent_pid: int, *, every_s: float = 1.0) -> None:
+    """The forecast process's initializer: end it once the controller that started it is
+    gone. A controller killed with SIGKILL never shuts its pool down, and the worker, which
+    holds both ends of its own call queue, would wait for work for ever."""
+
+    def watch() -> None:
+        tick = threading.Event()  # never set: a sleep
+        while os.getppid() == parent_pid:
+            tick.wait(every_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 __all__ = ["HORIZON_STEPS", "SHORT", "ULTRA_SHORT", "ForecastRun", "SiteForecasts",
-           "clear_sky_envelope", "run_forecasts", "warm_up"]
+           "clear_sky_envelope", "die_with_parent", "run_forecasts", "warm_up"]

@@ -61,8 +61,28 @@ def test_a_pinned_generator_makes_the_battery_charge_more() -> None:
     export = CAP * 0.97 - 0.1e6
     cmd = enforce(export_w=export, cap_w=CAP, generators=gens, batteries=[bat()], params=P)
     assert cmd.mode is EnforceMode.ABSORBING
-    assert cmd.battery_w["b"] < 0
-    assert cmd.limits_w["pv"] > 34e6  # released by what the battery now takes
+    charge = cmd.battery_w["b"]
+    assert charge < 0
+    # the extra charging is not counted on before it is measured: no limit rises yet
+    assert cmd.limits_w["pv"] <= 34e6
+    # the next step measures it (export lower by as much): the limit is released by it
+    nxt = enforce(export_w=export + charge, cap_w=CAP,
+                  generators=[gen("pv", 33.9e6, 50e6, 60e6, limit=cmd.limits_w["pv"])],
+                  batteries=[bat(p=charge)], params=P)
+    assert nxt.limits_w["pv"] > 34e6
+
+
+def test_a_battery_asked_to_charge_more_raises_no_limit_before_it_is_measured() -> None:
+    # a battery back from an outage at 0 W with a plan of 20 MW charging, 2 MW of room: the
+    # generators get the 2 MW measured, not the 22 MW promised
+    gens = [gen("pv", 30e6, 55e6, 60e6, limit=30e6)]
+    export = CAP * 0.97 - 2e6
+    cmd = enforce(export_w=export, cap_w=CAP, generators=gens,
+                  batteries=[bat(p=0.0, planned=-20e6)], params=P)
+    assert cmd.battery_w["b"] < -1e6  # asked to charge
+    assert cmd.limits_w["pv"] == pytest.approx(32e6)
+    # and if the battery never charges, the export stays under the target
+    assert export + (cmd.limits_w["pv"] - 30e6) <= CAP * 0.97 + 1
 
 
 def test_battery_returns_to_plan_only_with_spare_room() -> None:

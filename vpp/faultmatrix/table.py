@@ -71,8 +71,12 @@ controller's clock (the demo's `SteppedClock`; the plant's runs on); the reload'
   the row's own condition.
 
 The goal of every row: no violation second, nothing lost, and back in normal control
-within {limit:.0f} s. A row that fails it says why; a fault the matrix cannot do yet is
-listed as FAILS. Produced by
+within {limit:.0f} s. One fault is sudden in a way no control step can foresee: a charging
+battery's trip throws its charging onto the PCC at once. Its row allows the seconds the
+loop's reaction takes at best (its note gives the bound and how it is found); keeping even
+those off the meter takes a standing export reserve of the battery's charging, or an
+inter-trip at the plant. A row that fails its goal says why; a fault the matrix cannot do
+yet is listed as FAILS. Produced by
 
 ```sh
 {command}

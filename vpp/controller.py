@@ -39,11 +39,9 @@ from drivers import (
     Health,
     ModbusConnection,
     PollClass,
-    Profile,
     Sample,
     SampleQueue,
     capabilities,
-    load_profile,
     sunspec,
 )
 from drivers.poller import cancel_and_wait
@@ -59,6 +57,7 @@ from vpp.config import (
     SiteConfig,
     WindAsset,
 )
+from vpp.devices import build_devices
 from vpp.dispatch import (
     DispatchInputs,
     Schedule,
@@ -88,6 +87,7 @@ from vpp.instructions import (
 from vpp.metrics import Metrics
 from vpp.mqtt import MqttBridge
 from vpp.planning import dispatcher_for, flex_windows
+from vpp.shardlink import ShardLink
 from vpp.storage import Storage
 from vpp.trend import Trend, TrendPoint
 from vpp.weather import NwpArchive
@@ -99,8 +99,6 @@ log_forecasting = logging.getLogger("forecasting")
 PLAUSIBLE_RATIO = 0.2
 # a county's demand may exceed its loads' typical peaks: by this factor at most
 LOAD_PEAK_FACTOR = 2.0
-# a request timeout shorter than this [wall s] would fire while the loop is merely busy
-MIN_WALL_TIMEOUT_S = 0.1
 # with the PCC meter lost, export estimated from every device's reading keeps control,
 # with this much more margin (unmeasured losses, reading skew)
 ESTIMATE_MARGIN_RATIO = 0.03
@@ -169,26 +167,16 @@ class Controller:
         self.metrics = metrics
         self.control_interval_s = control_interval_s or config.control.interval_s
         self.state = ControllerState(export_cap_w=config.pcc.export_cap_w)
-        self.connections: dict[tuple[str, int], ModbusConnection] = {}
-        self.devices: dict[str, Device] = {}
         # every sample, stamped at its read, goes through one bounded queue to storage
         self.samples = SampleQueue(maxlen=config.polling.sample_queue_size)
-        limiter = asyncio.Semaphore(config.polling.max_connections)
-        for a in config.assets:
-            key = (a.host, a.port)
-            if key not in self.connections:
-                # timeouts and backoff are in the clock's seconds: at ×600 a 1 s wall timeout
-                # would leave the PCC meter unread for 10 simulated minutes
-                self.connections[key] = ModbusConnection(
-                    host=a.host, port=a.port,
-                    timeout_s=max(MIN_WALL_TIMEOUT_S, config.polling.timeout_s / clock.speed),
-                    backoff_max_s=max(0.05, config.polling.backoff_max_s / clock.speed),
-                    limiter=limiter)
-            profile = (Profile(name=SUNSPEC, kind=a.kind, points=()) if a.profile == SUNSPEC
-                       else load_profile(a.profile))  # SunSpec: discovered at start
-            self.devices[a.id] = Device(asset_id=a.id, profile=profile,
-                                        connection=self.connections[key], unit_id=a.unit_id,
-                                        now=clock.now, sink=self.samples)
+        self.connections: dict[tuple[str, int], ModbusConnection] = {}
+        self.shard_link: ShardLink | None = None
+        if config.polling.shards:  # polled by shards elsewhere, seen through the broker
+            self.shard_link = ShardLink(config, clock=clock)
+            self.devices = self.shard_link.devices(self.samples)
+        else:
+            self.connections, self.devices = build_devices(config, config.assets, clock=clock,
+                                                           sink=self.samples)
         self.pv: list[PvAsset] = config.of_kind("pv")
         self.wind: list[WindAsset] = config.of_kind("wind")
         self.generators: list[PvAsset | WindAsset] = [*self.pv, *self.wind]
@@ -527,6 +515,8 @@ class Controller:
         await cancel_and_wait(list(self._inflight.values()))
         for c in self.connections.values():
             c.close()
+        if self.shard_link is not None:
+            await self.shard_link.close()
         loop = asyncio.get_running_loop()
         # a running fit or solve is not waited for; queued storage writes still finish
         await loop.run_in_executor(None, partial(self._compute.shutdown, wait=False,

@@ -18,7 +18,9 @@ file: a controller restart loses none of them. QoS 0 messages stay in memory onl
 
 With ``on_command`` the bridge subscribes to ``{base}/cmd/#`` after each connect and hands
 every message but our own answers (topics ending in ``/ack``) to it, one at a time in
-arrival order, from a task that outlives reconnects.
+arrival order, from a task that outlives reconnects. A QoS 1 command is acknowledged to the
+broker (PUBACK) only once its handler has returned, in arrival order: a controller that dies
+before it has been handled gets it again from its persistent session when it comes back.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,9 @@ COMMAND_QUEUE_SIZE = 100  # received commands waiting for on_command; when full,
 INCOMING_QUEUE_SIZE = 1000  # aiomqtt's queue; beyond it aiomqtt discards, with a warning
 
 CommandHandler = Callable[[str, bytes], Awaitable[None]]
+# a received message: its command name (None: not a command, only acknowledged), payload,
+# and what acknowledges it to the broker
+_Received = tuple[str | None, bytes, Callable[[], object]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +185,7 @@ class MqttBridge:
         self._buffer: deque[Message] = deque()
         self._wake = asyncio.Event()
         self._empty = asyncio.Event()
-        self._commands: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(COMMAND_QUEUE_SIZE)
+        self._commands: asyncio.Queue[_Received] = asyncio.Queue(COMMAND_QUEUE_SIZE)
         self.sent = 0
         self.dropped = 0
         self.outbox_errors = 0
@@ -286,12 +292,15 @@ class MqttBridge:
         will = aiomqtt.Will(f"{self.base}/status",
                             json.dumps({"schema": SCHEMA_VERSION, "state": "offline"}),
                             qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self.host, self.port, username=self.username, password=self._password,
             identifier=self.client_id, will=will,
             tls_context=self._tls_context() if self.tls else None, keepalive=30, timeout=5,
             clean_session=not self.persistent_session,
             max_queued_incoming_messages=INCOMING_QUEUE_SIZE)
+        # commands are acknowledged once handled (aiomqtt has no option for it: paho's own)
+        client._client.manual_ack_set(True)
+        return client
 
     async def run(self) -> None:
         """Connect, publish the buffer in order, receive commands, reconnect with backoff;
@@ -352,27 +361,32 @@ class MqttBridge:
         prefix = f"{self.base}/cmd/"
         async for msg in client.messages:
             topic = msg.topic.value
+            ack = partial(client._client.ack, msg.mid, msg.qos)
+            name: str | None = topic.removeprefix(prefix)
             if topic.endswith("/ack"):
-                continue  # our own answers
-            if not topic.startswith(prefix):
+                name = None  # our own answers
+            elif not topic.startswith(prefix):
                 log.warning("MQTT message on %s ignored: no command name after cmd/", topic)
-                continue
+                name = None
             p = msg.payload
             data = bytes(p) if isinstance(p, bytes | bytearray) else (
                 b"" if p is None else str(p).encode())
-            await self._commands.put((topic.removeprefix(prefix), data))
+            await self._commands.put((name, data, ack))  # acknowledged in this order
 
     async def _handle_commands(self) -> None:
         while True:
-            subtopic, payload = await self._commands.get()
+            subtopic, payload, ack = await self._commands.get()
             handler = self._on_command
-            if handler is None:  # a persistent session's subscription from an earlier run
+            if subtopic is not None and handler is None:
+                # a persistent session's subscription from an earlier run
                 log.warning("MQTT command %r ignored: no command handler", subtopic)
-                continue
-            try:
-                await handler(subtopic, payload)
-            except Exception:
-                log.exception("MQTT command %r: the handler failed", subtopic)
+            elif subtopic is not None and handler is not None:
+                try:
+                    await handler(subtopic, payload)
+                except Exception:  # handled, if badly: sent again it would fail again
+                    log.exception("MQTT command %r: the handler failed", subtopic)
+            # on a connection lost meanwhile this does nothing: the broker sends it again
+            ack()
 
     async def _checkpoints(self) -> None:
         while True:

@@ -22,6 +22,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
@@ -488,3 +489,48 @@ async def test_e_a_stable_client_id_keeps_commands_sent_while_the_bridge_is_away
         await wait_until(lambda: got == ["cap"], 10, "the queued command")
     finally:
         await stop(second)
+
+
+async def test_e_a_command_not_yet_handled_when_the_bridge_dies_comes_again(
+        broker: Mosquitto) -> None:
+    """Acknowledged to the broker only once handled: the first bridge takes the command and
+    dies in its handler; the next one, on the same session, gets the command again, and
+    the one it has handled is not sent a third time."""
+    pub = require_tool("mosquitto_pub", "mosquitto-clients")
+    got: list[tuple[str, bytes]] = []
+    taken = asyncio.Event()
+
+    async def dies(subtopic: str, payload: bytes) -> None:
+        taken.set()
+        await asyncio.Event().wait()  # the process dies before this returns
+
+    async def handles(subtopic: str, payload: bytes) -> None:
+        got.append((subtopic, payload))
+
+    def bridge(on_command: Callable[[str, bytes], Any]) -> MqttBridge:
+        return MqttBridge(host="127.0.0.1", port=broker.port, site=SITE,
+                          client_id="vpp-s1-ack", on_command=on_command, reconnect_max_s=0.5)
+
+    first = await running(b1 := bridge(dies))
+    cap = '{"export_cap_w": 2.5e7, "id": "c7"}'
+    try:
+        await wait_until(lambda: b1.subscribed, 10, "subscribed")
+        proc = await asyncio.create_subprocess_exec(
+            pub, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t",
+            f"{BASE}/cmd/cap", "-m", cap)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        await asyncio.wait_for(taken.wait(), 10)
+    finally:
+        await stop(first)
+    second = await running(b2 := bridge(handles))
+    try:
+        await wait_until(lambda: got == [("cap", cap.encode())], 10, "the command again")
+    finally:
+        await stop(second)
+    third = await running(b3 := bridge(handles))
+    try:
+        await wait_until(lambda: b3.subscribed, 10, "subscribed")
+        await asyncio.sleep(1.0)  # a command sent again would be here by now
+    finally:
+        await stop(third)
+    assert got == [("cap", cap.encode())] and b2 is not b3

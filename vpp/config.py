@@ -440,6 +440,26 @@ class StorageSection(_Frozen):
         default=None, pattern=_ENV_NAME, description="environment variable holding it")
     data_dir: str | None = None
     telemetry_interval_s: float = Field(default=60.0, gt=0)
+    keep_raw_days: float = Field(default=14.0, gt=0, description="raw telemetry kept [days]")
+    keep_1min_days: float = Field(default=180.0, gt=0,
+                                  description="1-minute telemetry means kept [days]")
+    keep_15min_days: float = Field(default=3650.0, gt=0,
+                                   description="15-minute telemetry means kept [days]")
+
+    @model_validator(mode="after")
+    def _coarser_kept_longer(self) -> Self:
+        if not self.keep_raw_days <= self.keep_1min_days <= self.keep_15min_days:
+            raise FieldError(("keep_1min_days",), "each coarser resolution must be kept at "
+                             f"least as long: keep_raw_days {self.keep_raw_days:g} <= "
+                             f"keep_1min_days {self.keep_1min_days:g} <= keep_15min_days "
+                             f"{self.keep_15min_days:g} does not hold")
+        return self
+
+    @property
+    def keep_days(self) -> dict[str, float]:
+        """How long each resolution is kept [days], as :class:`vpp.storage.Storage` takes it."""
+        return {"raw": self.keep_raw_days, "1min": self.keep_1min_days,
+                "15min": self.keep_15min_days}
 
     @model_validator(mode="before")
     @classmethod

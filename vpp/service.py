@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,8 @@ class Services:
         if url is None:
             assert data_dir is not None
             url = f"sqlite:///{data_dir / 'vpp.sqlite'}"
-        self.storage = await asyncio.to_thread(Storage, url)
+        self.storage = await asyncio.to_thread(partial(Storage, url,
+                                                       keep_days=cfg.storage.keep_days))
         self.urls.database = mask_url(url)
         metrics = Metrics(site=cfg.site.id, assets=[(a.id, a.kind) for a in cfg.assets],
                           version=__version__) if cfg.metrics.enabled else None

@@ -143,7 +143,8 @@ def _aggregate_table(name: str) -> sa.Table:
 
 # telemetry downsampled: raw samples → 1-minute buckets → 15-minute buckets
 AGGREGATES = {"1min": _aggregate_table("telemetry_1m"), "15min": _aggregate_table("telemetry_15m")}
-# how long each resolution is kept [days] (raw, 1-minute, 15-minute)
+# how long each resolution is kept by default [days] (raw, 1-minute, 15-minute); a site's
+# [storage] keep_*_days change it
 KEEP_DAYS = {"raw": 14.0, "1min": 180.0, "15min": 3650.0}
 REDO = pd.Timedelta(hours=1)  # buckets made again at each pass (late samples count)
 
@@ -183,8 +184,9 @@ def _utc(t: datetime) -> datetime:
 class Storage:
     """The controller's database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, keep_days: dict[str, float] | None = None) -> None:
         self.url = url
+        self.keep_days = {**KEEP_DAYS, **(keep_days or {})}
         self.engine: Engine = sa.create_engine(url, future=True, pool_pre_ping=True)
         if self.engine.dialect.name == "sqlite":
             @sa.event.listens_for(self.engine, "connect")
@@ -342,31 +344,35 @@ class Storage:
 
     def downsample(self, until: datetime) -> dict[str, int]:
         """Aggregate what is complete before ``until`` (raw → 1-minute → 15-minute buckets
-        not yet made), then drop what is older than :data:`KEEP_DAYS` keeps. Idempotent;
+        not yet made), then drop what is older than ``keep_days`` keeps. Idempotent;
         returns the rows made and dropped per table."""
         out: dict[str, int] = {}
         with self.engine.begin() as c:
+            kept = {res: until - pd.Timedelta(days=d) for res, d in self.keep_days.items()}
             out["telemetry_1m"] = self._roll(c, telemetry.c.ts, telemetry.c.value,
-                                             telemetry, AGGREGATES["1min"], "1min", until)
+                                             telemetry, AGGREGATES["1min"], "1min", until,
+                                             kept["raw"])
             one = AGGREGATES["1min"]
             out["telemetry_15m"] = self._roll(c, one.c.ts, one.c.mean, one,
-                                              AGGREGATES["15min"], "15min", until)
+                                              AGGREGATES["15min"], "15min", until, kept["1min"])
             for res, table in (("raw", telemetry), ("1min", one),
                                ("15min", AGGREGATES["15min"])):
-                cutoff = until - pd.Timedelta(days=KEEP_DAYS[res])
-                n = c.execute(table.delete().where(table.c.ts < cutoff)).rowcount
+                n = c.execute(table.delete().where(table.c.ts < kept[res])).rowcount
                 out[f"dropped_{table.name}"] = int(n or 0)
         return out
 
     @staticmethod
     def _roll(c: sa.Connection, ts_col: Any, value_col: Any, source: sa.Table,
-              target: sa.Table, freq: str, until: datetime) -> int:
+              target: sa.Table, freq: str, until: datetime, source_kept: datetime) -> int:
         """Buckets of ``freq`` from ``source`` ending by ``until``, from :data:`REDO` before
         the last one made (made again: samples written late, after an outage, count); a
-        source of aggregates weighs each of its buckets by its count."""
+        source of aggregates weighs each of its buckets by its count. Nothing before
+        ``source_kept`` is made again: the source's retention may have dropped it (after a
+        pause longer than that, the buckets made then would be wiped)."""
         last = c.execute(sa.select(sa.func.max(target.c.ts))).scalar()
         end = pd.Timestamp(until).floor(freq)
-        lo = pd.Timestamp(_utc(last)) - REDO if last is not None else None
+        lo = None if last is None else max(pd.Timestamp(_utc(last)) - REDO,
+                                           pd.Timestamp(_utc(source_kept)).ceil(freq))
         cond = ts_col < end.to_pydatetime()
         if lo is not None:
             cond = cond & (ts_col >= lo.to_pydatetime())

@@ -130,6 +130,9 @@ def test_every_config_key_is_documented() -> None:
     (lambda d: d["dispatch"].update(export_ramp_weight_per_wh=0.5),
      "2 × export_ramp_weight_per_wh + tracking_weight_per_wh = 1.05 must be below"),
     (lambda d: d["dispatch"].update(planner="rule-based"), "planner"),
+    (lambda d: d["storage"].update(keep_raw_days=400),
+     "storage.keep_1min_days: each coarser resolution must be kept at least as long: "
+     "keep_raw_days 400 <= keep_1min_days 180"),
 ])
 def test_cross_checks_name_the_fields(mutate: Any, expected: str) -> None:
     data = demo_data()

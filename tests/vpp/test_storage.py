@@ -116,3 +116,22 @@ def test_telemetry_is_downsampled_to_1_and_15_minutes_and_old_rows_dropped(
     kept = storage.read_telemetry(asset, "active_power_w", T0, T0 + timedelta(hours=1),
                                   "15min")
     assert len(kept) >= 2
+
+
+def test_a_site_keeps_each_resolution_as_long_as_it_says(storage: Storage) -> None:
+    asset = f"pv-keep-{storage.backend}"
+    storage.keep_days = {"raw": 1.0, "1min": 3.0, "15min": 10.0}  # as [storage] keep_*_days
+    t = [T0 + timedelta(minutes=i) for i in range(60)]
+    storage.write_telemetry([Sample(asset, "active_power_w", float(i), "W", ts, Quality.GOOD)
+                             for i, ts in enumerate(t)])
+    storage.downsample(T0 + timedelta(hours=1, minutes=20))
+    hour = (asset, "active_power_w", T0, T0 + timedelta(hours=1))
+    assert len(storage.read_telemetry(*hour)) == 60
+    storage.downsample(T0 + timedelta(days=2))  # raw gone, 1-minute means kept
+    assert storage.read_telemetry(*hour).empty
+    assert len(storage.read_telemetry(*hour, "1min")) == 60
+    storage.downsample(T0 + timedelta(days=5))  # 1-minute gone, 15-minute kept
+    assert storage.read_telemetry(*hour, "1min").empty
+    assert len(storage.read_telemetry(*hour, "15min")) == 4
+    storage.downsample(T0 + timedelta(days=11))
+    assert storage.read_telemetry(*hour, "15min").empty

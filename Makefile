@@ -8,7 +8,7 @@ ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: demo test lint typecheck clean bench bench-county bench-forecast bench-dispatch \
-	bench-dispatch-quality reliability
+	bench-dispatch-quality bench-shards reliability
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
@@ -56,6 +56,11 @@ bench-dispatch: $(STAMP)
 # (about 20 minutes): docs/dispatch.md.
 bench-dispatch-quality: $(STAMP)
 	$(BIN)/python -m bench.dispatch_quality $(BENCH_ARGS)
+
+# 10,000 simulated devices polled by 4 `vpp poll` shards through Mosquitto on 127.0.0.1:1883,
+# consumed by one controller-side process (about 1.5 minutes): docs/performance.md.
+bench-shards: $(STAMP)
+	$(BIN)/python -m bench.shard_load --json bench/results/shard_load.json $(BENCH_ARGS)
 
 # The fault matrix: every fault of docs/reliability.md done to a running demo county,
 # measured, and the table written there (about 4 minutes).

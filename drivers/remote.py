@@ -110,6 +110,13 @@ def poll_entry(dev: Device, poll_class: PollClass) -> list[Any] | None:
     codecs = dev._blocks[poll_class]
     if not codecs:
         return None
+    if len(codecs) == 1:  # the common case, one read block: no copies
+        rec = dev._last.get(codecs[0])
+        if rec is None:
+            return None
+        if rec[1] is codecs[0].all_good:
+            return [dev.asset_id, poll_class.value, rec[2].timestamp(), dev.health.value,
+                    base64.b64encode(_packer(len(rec[0])).pack(*rec[0])).decode("ascii"), ""]
     values: list[float | None] = []
     quals: list[Quality] = []
     good = True

@@ -412,14 +412,18 @@ class RemoteDevice(Device):
             at += k
 
     def _age(self, poll_class: PollClass) -> None:
-        """Mark what the shard sent stale when it is too old or the shard is silent."""
-        newest = self._newest.get(poll_class)
+        """Mark what the shard sent stale when it is too old or the shard is silent. The
+        device is online (as the shard reports it) only while its fast values are fresh."""
         alive = self.channel.alive(self.shard)
-        if newest is not None and alive and (poll_class is not PollClass.FAST or (
-                self.now() - newest).total_seconds() <= self.max_age_s):
-            self.health = self._reported
+        fast = self._newest.get(PollClass.FAST)
+        if self._blocks[PollClass.FAST]:
+            fresh = alive and fast is not None and (
+                self.now() - fast).total_seconds() <= self.max_age_s
+        else:  # nothing polled fast: alive is all there is to know
+            fresh = alive and bool(self._newest)
+        self.health = self._reported if fresh else Health.OFFLINE
+        if alive and (fresh or poll_class is not PollClass.FAST):
             return
-        self.health = Health.OFFLINE
         for c in self._blocks[poll_class]:
             rec = self._last.get(c)
             if rec is not None and Quality.GOOD in rec[1]:

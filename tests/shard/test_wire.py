@@ -188,6 +188,10 @@ async def test_old_fast_values_are_stale_even_from_a_live_shard() -> None:
     remote.apply(pc, ts - 10 * remote.max_age_s, health, vals, quals)
     await remote.poll(PollClass.FAST)
     assert remote.value("soc") is None and remote.health is Health.OFFLINE
+    _, pc, ts, health, vals, quals = check_entry(poll_entry(dev, PollClass.ONCE))
+    remote.apply(pc, ts, health, vals, quals)
+    await remote.poll(PollClass.ONCE)  # a fresh nameplate: still offline, fast is stale
+    assert remote.health in (Health.OFFLINE,) and remote.value("capacity_wh") is not None
 
 
 def _pack(*values: float) -> str:

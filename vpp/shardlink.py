@@ -64,31 +64,20 @@ class _Clock(Protocol):
 
 @dataclass(frozen=True)
 class ShardTopics:
-    base: str  # {prefix}/{site}/shard/{i}
+    """The topics of shard i: under ``{prefix}/{site}/shard/{i}`` (``base``)."""
+
+    base: str
+    telemetry: str
+    snapshot: str
+    status: str
+    setpoint: str
+    ack: str
 
     @classmethod
     def of(cls, mq: MqttSection, site: str, shard: int | str) -> ShardTopics:
-        return cls(f"{mq.topic_prefix}/{site}/shard/{shard}")
-
-    @property
-    def telemetry(self) -> str:
-        return f"{self.base}/telemetry"
-
-    @property
-    def snapshot(self) -> str:
-        return f"{self.base}/snapshot"
-
-    @property
-    def status(self) -> str:
-        return f"{self.base}/status"
-
-    @property
-    def setpoint(self) -> str:
-        return f"{self.base}/setpoint"
-
-    @property
-    def ack(self) -> str:
-        return f"{self.base}/ack"
+        base = f"{mq.topic_prefix}/{site}/shard/{shard}"
+        return cls(base, *(f"{base}/{kind}" for kind in ("telemetry", "snapshot", "status",
+                                                           "setpoint", "ack")))
 
 
 def status_message(state: str, **extra: Any) -> bytes:

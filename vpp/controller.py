@@ -36,11 +36,13 @@ from pydantic import BaseModel
 from drivers import (
     Device,
     DeviceError,
+    ExceptionReply,
     Health,
     ModbusConnection,
     PollClass,
     Sample,
     SampleQueue,
+    WriteError,
     capabilities,
     sunspec,
 )
@@ -222,6 +224,7 @@ class Controller:
         # devices whose writes fail while their reads succeed (frozen: they repeat old
         # replies): held until a heartbeat takes again, and read since (clock time), or None
         self._unresponsive: dict[str, datetime | None] = {}
+        self._refused: dict[str, bool] = {}  # the last failed write was answered, not taken
         self._next_fit: datetime | None = None
         self._stored: dict[tuple[str, str], Sample] = {}
         self._next_publish_wall = 0.0
@@ -470,8 +473,8 @@ class Controller:
         self._beat_withheld = False
         self._heartbeat = (self._heartbeat + 1) % 0x10000
         beating = [aid for aid, d in self.devices.items() if d.profile.heartbeat is not None]
-        # verified: a device that answers reads but does not take writes (frozen, repeating
-        # old replies) is found by its heartbeat within a beat, and held
+        # verified: a device that answers reads but refuses writes or does not take them
+        # (frozen, repeating old replies) is found by its heartbeat within a beat, and held
         took = await asyncio.gather(*(
             self._write(aid, self.devices[aid].profile.heartbeat.point,  # type: ignore[union-attr]
                         float(self._heartbeat), record=False)
@@ -479,7 +482,7 @@ class Controller:
         now = self.clock.now()
         for aid, ok in zip(beating, took, strict=True):
             dev = self.devices[aid]
-            if not ok and dev.health is not Health.OFFLINE:
+            if not ok and dev.health is not Health.OFFLINE and self._refused.get(aid):
                 if aid not in self._unresponsive or self._unresponsive[aid] is not None:
                     log.warning("%s answers reads but does not take writes: held, its "
                                 "readings not trusted", aid)
@@ -843,6 +846,10 @@ class Controller:
             else:
                 res = await dev.write(point, value, deadline_s=deadline_s, verify=verify)
         except (DeviceError, ValueError, PermissionError, KeyError) as exc:
+            # answered, and not taken: refused by the device, or read back different
+            # (a timeout is the link's, and the poll's health says so)
+            self._refused[asset_id] = isinstance(exc, WriteError) and isinstance(
+                exc.__cause__, ExceptionReply | WriteError)
             log.warning("write %s.%s = %.0f failed: %s", asset_id, point, value, exc)
             if m is not None:
                 m.writes[(asset_id, "failed")].inc()

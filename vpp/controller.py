@@ -301,13 +301,14 @@ class Controller:
                 log.warning("%s: the clock went back %.0f s; the loop goes on from now",
                             step.__name__, ahead_s - interval_s)
                 nxt = self.clock.now()
+            woken = False
             if wake is None:
                 await self.clock.sleep_until(nxt)
             else:
                 wait_s = max(0.0, (nxt - self.clock.now()).total_seconds()) / self.clock.speed
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait_s):
-                        await wake.wait()
+                        woken = await wake.wait()
                 wake.clear()
             started = self.clock.now()
             try:
@@ -321,7 +322,9 @@ class Controller:
             if step == self.control_step and self.metrics is not None:
                 self.metrics.control_lag.set(max(0.0, (started - nxt).total_seconds())
                                              / self.clock.speed)
-            nxt += timedelta(seconds=interval_s)
+            # a step woken early starts the interval again (adding it to a time still ahead
+            # would look like a clock set back, and run the step again at once)
+            nxt = (started if woken else nxt) + timedelta(seconds=interval_s)
             if nxt < self.clock.now():  # too far behind: skip missed steps, do not burst
                 nxt = self.clock.now()
 

@@ -47,11 +47,13 @@ def test_every_row_has_a_name_of_its_own_and_a_fault_not_done_fails_in_the_table
 
 
 def test_the_document_has_the_command_the_table_and_a_note_per_row(
-        tmp_path: Path, demo_config: SiteConfig) -> None:
-    from vpp.faultmatrix import Result, row_named, write_doc
+        tmp_path: Path, demo_config: SiteConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vpp.faultmatrix import Result, row_named, table, write_doc
 
-    back = row_named("bess1-offline")
-    results = [Result("bess1-offline", back.fault, 600.0, violation_s=2.5, lost=0,
+    finding = Row("pv1-stuck", "pv1 stuck", 600.0, row_named("pv1-offline").run,
+                  known="its limit is not read back")
+    monkeypatch.setattr(table, "ROWS", (*table.ROWS, finding))
+    results = [Result("pv1-stuck", finding.fault, 600.0, violation_s=2.5, lost=0,
                       recovery_s=1.0, why="2.5 s over the cap", notes=["max export 53 MW"],
                       wall_s=8.0),
                Result("pv1-offline", "pv1 answers nothing", 600.0, violation_s=0.0, lost=0,
@@ -61,11 +63,10 @@ def test_the_document_has_the_command_the_table_and_a_note_per_row(
               config=demo_config)
     text = out.read_text(encoding="utf-8")
     assert "vpp fault-matrix --out x.md" in text and "×200; a control step of 2 " in text
-    assert "| `bess1-offline` | " in text and "| 2.5 | 0 | 1 | FAILS (2.5 s over the cap) |" \
-        in text
+    assert "| `pv1-stuck` | " in text and "| 2.5 | 0 | 1 | FAILS (2.5 s over the cap) |" in text
     assert "| `pv1-offline` | pv1 answers nothing | 600 | 0.0 | 0 | 22 | meets |" in text
-    assert f"- `bess1-offline` (8 s wall): FAILS (2.5 s over the cap). Known intermittent " \
-           f"failure (a finding for the controller): {back.known}. Max export 53 MW." in text
+    assert "- `pv1-stuck` (8 s wall): FAILS (2.5 s over the cap). Known failure (a finding " \
+           "for the controller): its limit is not read back. Max export 53 MW." in text
 
 
 async def test_a_row_that_never_ends_is_given_up_and_the_matrix_goes_on(

@@ -230,17 +230,9 @@ def _trip_reaction(battery: str) -> Any:
     return bound
 
 
-KNOWN = {"bess1": "when the battery answers again (held at 20 MW of possible charging "
-         "while away, so generation was cut to 14 MW of export), one step raises the "
-         "generators' limits by about 25 MW; the next, with the PCC read mid-ramp and the "
-         "generators at other instants of the step, hands out room already taken: export "
-         "reaches about 36.6 MW for a few seconds (in about 1 run in 4 at ×200, where 10 ms "
-         "of poll skew is 2 simulated s of ramp)"}
-
 ROWS: tuple[Row, ...] = (
     *(Row(f"{d}-offline", f"{d} answers nothing (Modbus silent)", 600.0,
-          _device(d, FaultType.OFFLINE, 600.0), known=KNOWN.get(d, ""),
-          intermittent=d == "bess1") for d in ("pv1", "wf1", "bess1", "load", "pcc")),
+          _device(d, FaultType.OFFLINE, 600.0)) for d in ("pv1", "wf1", "bess1", "load", "pcc")),
     Row("pv1-power-nan", "pv1 active_power_w reads NaN", 300.0,
         _device("pv1", FaultType.GARBAGE, 300.0, point="active_power_w", value=math.nan)),
     Row("pv1-power-out-of-range", "pv1 active_power_w reads 500 MW (rated 60 MW)", 300.0,

@@ -104,6 +104,7 @@ LOAD_PEAK_FACTOR = 2.0
 # with the PCC meter lost, export estimated from every device's reading keeps control,
 # with this much more margin (unmeasured losses, reading skew)
 ESTIMATE_MARGIN_RATIO = 0.03
+HEARTBEAT_VERIFY_EVERY = 3  # heartbeats read back: one in this many
 DOWNSAMPLE_LAG = timedelta(minutes=10)  # buckets are made once this much older
 DOWNSAMPLE_EVERY_WALL_S = 60.0
 REACTIVE = "reactive"  # dispatch.planner: no plan, the real-time limiter alone
@@ -476,11 +477,13 @@ class Controller:
         self._beat_withheld = False
         self._heartbeat = (self._heartbeat + 1) % 0x10000
         beating = [aid for aid, d in self.devices.items() if d.profile.heartbeat is not None]
-        # verified: a device that answers reads but refuses writes or does not take them
-        # (frozen, repeating old replies) is found by its heartbeat within a beat, and held
+        # a device that answers reads but refuses writes, or does not take them (frozen,
+        # repeating old replies), is found by its beats, and held: a refusal at any beat,
+        # a beat not taken at the beats read back (every few, to spare the links)
+        verify = self._heartbeat % HEARTBEAT_VERIFY_EVERY == 0
         took = await asyncio.gather(*(
             self._write(aid, self.devices[aid].profile.heartbeat.point,  # type: ignore[union-attr]
-                        float(self._heartbeat), record=False)
+                        float(self._heartbeat), record=False, verify=verify)
             for aid in beating))
         now = self.clock.now()
         for aid, ok in zip(beating, took, strict=True):
@@ -490,7 +493,7 @@ class Controller:
                     log.warning("%s answers reads but does not take writes: held, its "
                                 "readings not trusted", aid)
                 self._unresponsive[aid] = None
-            elif ok and aid in self._unresponsive and self._unresponsive[aid] is None:
+            elif ok and verify and aid in self._unresponsive and self._unresponsive[aid] is None:
                 self._unresponsive[aid] = now  # trusted again once read after this
             self.set_alarm(f"device_unresponsive:{aid}", aid in self._unresponsive,
                            f"{aid} answers reads but does not take writes (frozen?): held")

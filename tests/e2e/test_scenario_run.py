@@ -8,6 +8,12 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
+# At ×600 a pause of the interpreter of 40 ms wall (a plan built, a forecast process
+# starting) is 24 simulated s, and the cap's bounds here are a few control steps: a run
+# that met one is run once more (shown as a rerun in the report), one that fails twice fails
+pytestmark = pytest.mark.flaky(reruns=1, only_rerun=["AssertionError"])
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ROOT / "tests" / "data" / "scenario-midday-short.toml"
 DEMO_KEYS = ("site", "start", "end", "seed", "speed", "sim_hours", "wall_seconds",

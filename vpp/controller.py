@@ -225,6 +225,7 @@ class Controller:
         # devices whose writes fail while their reads succeed (frozen: they repeat old
         # replies): held until a heartbeat takes again, and read since (clock time), or None
         self._unresponsive: dict[str, datetime | None] = {}
+        self._last_export_w: float | None = None  # the last step's PCC reading
         self._refused: dict[str, bool] = {}  # the last failed write was answered, not taken
         self._next_fit: datetime | None = None
         self._stored: dict[tuple[str, str], Sample] = {}
@@ -639,6 +640,11 @@ class Controller:
         if export is not None:  # a meter that lies is flagged, not trusted
             export = self._plausible(self.config.pcc.meter, export, *self._export_range_w)
             fresh = export is not None
+        # the same reading as the last step's tells nothing new (a meter frozen before its
+        # frozen check calls it stale): no limit is raised on it, or each step would hand
+        # out the same room again on top of the last
+        repeated = export is not None and export == self._last_export_w
+        self._last_export_w = export
         written = self.state.written_w
         gens = []
         for g in self.generators:
@@ -684,8 +690,10 @@ class Controller:
         if estimated:
             params = dataclasses.replace(
                 params, margin_ratio=params.margin_ratio + ESTIMATE_MARGIN_RATIO)
-        cmd = enforce(export_w=export, cap_w=cap, generators=gens, batteries=bats,
-                      params=params, flex_loads=flexes)
+        cmd = enforce(export_w=None if repeated else export, cap_w=cap, generators=gens,
+                      batteries=bats, params=params, flex_loads=flexes)
+        if repeated:
+            cmd.notes.append("PCC reading unchanged since the last step: nothing raised on it")
         if estimated:
             cmd.notes.append("PCC meter lost: export estimated from every device's reading")
         await self._apply(cmd, gens, bats, flexes)

@@ -299,7 +299,9 @@ class Controller:
         nxt = self.clock.now()
         while True:
             ahead_s = (nxt - self.clock.now()).total_seconds()
-            if ahead_s > interval_s:  # the clock was set back: carry on from its new time
+            # the clock was set back (more than a step: a sleep that ends a little early
+            # is no clock step, and taken for one it ran the step twice): carry on from now
+            if ahead_s > 2 * interval_s:
                 log.warning("%s: the clock went back %.0f s; the loop goes on from now",
                             step.__name__, ahead_s - interval_s)
                 nxt = self.clock.now()

@@ -308,11 +308,13 @@ class Controller:
             woken = False
             if wake is None:
                 await self.clock.sleep_until(nxt)
-            else:
-                wait_s = max(0.0, (nxt - self.clock.now()).total_seconds()) / self.clock.speed
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait_s):
-                        woken = await wake.wait()
+            else:  # until woken or nxt: later in wall time if the clock is held, but a
+                # clock set back meanwhile is not waited out
+                while not woken and 0 < (left_s := (nxt - self.clock.now()).total_seconds()
+                                         ) <= 2 * interval_s:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left_s / self.clock.speed):
+                            woken = await wake.wait()
                 wake.clear()
             started = self.clock.now()
             try:

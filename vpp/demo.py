@@ -38,6 +38,7 @@ from vpp.simbridge import plant_spec
 log = logging.getLogger(__name__)
 
 MAX_CONTROL_STEPS_PER_WALL_S = 100.0  # what one core sustains with Modbus on loopback
+START_PLANNED_WALL_S = 180.0  # [wall s] the first plan must come within this (start_planned)
 
 
 def auto_control_interval_s(config: SiteConfig, speed: float) -> float:
@@ -60,6 +61,10 @@ class DemoOptions:
     adjust_spec: Callable[[PlantSpec], PlantSpec] | None = None  # a scenario's changes
     perfect_foresight: bool = False  # comparison runs: the planner sees the actual weather
     stepped_clock: bool = False  # fault runs: the controller's clock can be stepped
+    # simulated time starts once the controller has its first plan, not when the run is
+    # entered (held until then, at most START_PLANNED_WALL_S): its first forecasts take
+    # seconds of wall time, which at ×600 are an hour of plant left to the reactive loop
+    start_planned: bool = False
 
 
 class Demo:
@@ -95,8 +100,10 @@ class Demo:
                                   forecast_file=weather_file)
         self.config = config
         self._weather_issues = self.weather_issues()
-        # that took a second of wall time: the run starts now, at the same simulated start
+        # that took a second of wall time: the run starts at the same simulated start,
+        # held until it is entered
         self.clock = SimClock(start=start, speed=options.speed)
+        self.clock.hold()
         self.sim.clock = self.clock
         self.control_interval_s = options.control_interval_s or auto_control_interval_s(
             config, options.speed)
@@ -106,6 +113,7 @@ class Demo:
         self.wall_start = 0.0
         self.wall_end = 0.0
         self._final: RunStats | None = None
+        self._pacer: asyncio.Task[None] | None = None
 
     def history_frame(self) -> pd.DataFrame:
         """The plant's past days as interval means, as its historian would give them."""
@@ -146,7 +154,15 @@ class Demo:
         return [self.sim.forecaster.issue(t) for t in np.arange(first, t0 + 1, every)]
 
     async def __aenter__(self) -> Demo:
-        await self.sim.__aenter__()
+        # plant and controller share this event loop: its stalls hold simulated time
+        self._pacer = asyncio.create_task(self.clock.pace(), name="sim.clock.pace")
+        if not self.options.start_planned:
+            self.clock.release()
+        try:
+            await self.sim.__aenter__()
+        except BaseException:
+            await self._stop_pacer()
+            raise
         ports = {a.id: self.sim.endpoint_of(a.id) for a in self.config.assets}
         self.config = self.config.model_copy(update={"assets": tuple(
             a.model_copy(update={"host": ports[a.id][0], "port": ports[a.id][1]})
@@ -165,9 +181,28 @@ class Demo:
         except BaseException:
             self.services = None
             await self.sim.__aexit__(None, None, None)
+            await self._stop_pacer()
             raise
+        if self.options.start_planned:
+            try:
+                await self._first_plan()
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
+            self.clock.release()
         self.wall_start = time.monotonic()
         return self
+
+    async def _first_plan(self) -> None:
+        """Wait, simulated time held, until the controller has put a plan in force."""
+        assert self.services is not None
+        deadline = time.monotonic() + START_PLANNED_WALL_S
+        while self.services.controller.state.schedule is None:
+            self.services.check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the controller put no plan in force within "
+                                   f"{START_PLANNED_WALL_S:g} s wall of its start")
+            await asyncio.sleep(0.05)
 
     @property
     def controller(self) -> Any:
@@ -201,7 +236,15 @@ class Demo:
         if self.services is not None:
             await self.services.__aexit__(None, None, None)
         await self.sim.__aexit__(None, None, None)
+        await self._stop_pacer()
         self._cleanup()
+
+    async def _stop_pacer(self) -> None:
+        if self._pacer is not None:
+            self._pacer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pacer
+            self._pacer = None
 
     @property
     def stats(self) -> RunStats:
@@ -221,6 +264,9 @@ class Demo:
             "speed": self.options.speed,
             "wall_seconds": (self.wall_end or time.monotonic()) - self.wall_start,
             "control_interval_s": self.control_interval_s,
+            # wall seconds the event loop was stalled, simulated time held for it
+            "clock_stalled_wall_s": self.clock.stalled_wall_s,
+            "longest_clock_stall_wall_s": self.clock.longest_stall_wall_s,
             "export_cap_w": self.config.pcc.export_cap_w,
             **st.as_report(),
             "control_steps": ctrl.state.control_steps if ctrl else 0,

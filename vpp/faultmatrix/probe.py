@@ -290,6 +290,10 @@ async def run_row(row: Row, config: SiteConfig, *, speed: float = SPEED) -> Resu
             p.problems += [m for m in (check() for check in p.at_end) if m]
         res.violation_s = demo.stats.cap_violation_s
         res.notes += [*p.notes, _meter_note(demo, p, cfg.pcc.export_cap_w)]
+        if demo.clock.stalled_wall_s >= 0.05:
+            res.notes.append(f"simulated time held {demo.clock.stalled_wall_s:.1f} s wall for "
+                             f"the event loop's stalls (longest "
+                             f"{demo.clock.longest_stall_wall_s * 1e3:.0f} ms)")
         if normal < steps:
             res.notes.append(f"after the recovery {normal} of the {steps} control steps looked "
                              "at were in normal control")

@@ -22,10 +22,7 @@ from tests.vpp.test_efile import read_efile
 from vpp.config import SiteConfig
 from vpp.demo import Demo, DemoOptions
 
-# At ×600 a pause of the interpreter of 40 ms wall (a plan built, a forecast process
-# starting) is 24 simulated s, and the cap's bounds here are a few control steps: a run
-# that met one is run once more (shown as a rerun in the report), one that fails twice fails
-pytestmark = [pytest.mark.e2e, pytest.mark.flaky(reruns=1, only_rerun=["AssertionError"])]
+pytestmark = pytest.mark.e2e
 
 
 def midday(cfg: SiteConfig, **mqtt: Any) -> SiteConfig:

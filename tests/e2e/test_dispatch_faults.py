@@ -27,10 +27,6 @@ NOON = {"name": "noon-cut", "config": "demo", "start": "2026-04-15T11:30:00+08:0
         "weather": {"mean_wind_m_s": 9.0, "periods": [{"from_h": 0, "regime": "clear"}]},
         "cap": [{"at_h": 0.5, "export_cap_w": 25e6, "notice_s": 900}]}
 
-# At ×600 a pause of the interpreter of 40 ms wall (a plan built, a forecast process
-# starting) is 24 simulated s, and the cap's bounds here are a few control steps: a run
-# that met one is run once more (shown as a rerun in the report), one that fails twice fails
-pytestmark = pytest.mark.flaky(reruns=1, only_rerun=["AssertionError"])
 
 
 def _config(**dispatch: Any) -> SiteConfig:
@@ -85,7 +81,8 @@ def test_a_failing_solver_leaves_a_plan_that_keeps_the_cap(
     assert sources & {"rule-based", "last-good"}, (why, sources)
     assert "optimal" not in sources, why
     assert rep["uncontrolled_max_export_w"] > 1.5 * 25e6  # the cut had to be held
-    # at ×600 a 40 ms pause of the interpreter (a solve holding it) is 24 simulated s
+    # two control steps of slack: the loop's stalls hold the paced clock, but at ×600
+    # readings taken milliseconds apart are still seconds of ramp apart
     assert rep["cap_violation_s"] <= 2 * rep["control_interval_s"], (why, rep["cap_violation_s"])
     assert rep["max_export_w"] <= 35e6 * 1.01
     assert rep["steps_without_plan"] > 0  # counted, not hidden

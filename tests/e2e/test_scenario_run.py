@@ -8,12 +8,6 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-import pytest
-
-# At ×600 a pause of the interpreter of 40 ms wall (a plan built, a forecast process
-# starting) is 24 simulated s, and the cap's bounds here are a few control steps: a run
-# that met one is run once more (shown as a rerun in the report), one that fails twice fails
-pytestmark = pytest.mark.flaky(reruns=1, only_rerun=["AssertionError"])
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ROOT / "tests" / "data" / "scenario-midday-short.toml"
 DEMO_KEYS = ("site", "start", "end", "seed", "speed", "sim_hours", "wall_seconds",
@@ -45,8 +39,8 @@ def test_vpp_sim_run_writes_the_report_and_the_plots(tmp_path: Path) -> None:
                                    "export_cap_w": 25e6, "notice_s": 900.0}]
     # the cut is met as it takes effect, the meter's loss and the garbage cost nothing; the
     # battery trip throws its 20 MW of charging onto the PCC at once, and the controller
-    # needs a control step to answer (6 simulated s at ×600). At ×600 a pause of the
-    # interpreter of 40 ms wall is 24 simulated s: the bounds allow for one such pause
+    # needs a control step to answer (6 simulated s at ×600); the loop's stalls hold the
+    # paced clock, but readings taken milliseconds apart are seconds of ramp apart here
     step = rep["control_interval_s"]
     assert rep["cap_violation_s"] <= 5 * step, (rep["cap_violation_s"], res.stderr[-3000:])
     assert rep["cap_violation_elsewhere_s"] <= step  # nearly all where a fault began or ended

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from drivers.poller import cancel_and_wait
 from sim import SimClock, SimulatedPlant
 from sim.clock import SteppedClock
 from sim.plant import RunStats
@@ -195,9 +196,10 @@ class Demo:
 
     async def _first_plan(self) -> None:
         """Wait, simulated time held, until the controller has put a plan in force."""
-        assert self.services is not None
+        assert self.services is not None and self.services.controller is not None
+        ctrl = self.services.controller
         deadline = time.monotonic() + START_PLANNED_WALL_S
-        while self.services.controller.state.schedule is None:
+        while ctrl.state.schedule is None:
             self.services.check()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the controller put no plan in force within "
@@ -241,9 +243,7 @@ class Demo:
 
     async def _stop_pacer(self) -> None:
         if self._pacer is not None:
-            self._pacer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pacer
+            await cancel_and_wait([self._pacer])
             self._pacer = None
 
     @property

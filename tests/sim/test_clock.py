@@ -23,7 +23,9 @@ def stall_the_loop(wall_s: float) -> None:
 async def test_a_stalled_loop_holds_simulated_time_and_time_never_goes_back() -> None:
     """A stall of 300 ms wall at ×100 would be 30 simulated s: paced, the clock moves at
     most its allowance during it, is continuous when the loop comes back, and counts the
-    time held; a reader in another thread never sees time go back."""
+    time held; a reader in another thread never sees time go back. (Bounds from below
+    only: a busy machine stalls the loop more, never less.)"""
+    free = SimClock(start=START, speed=100.0)
     clock = SimClock(start=START, speed=100.0)
     pacer = asyncio.create_task(clock.pace(max_lag_wall_s=0.01))
     seen: list[float] = []
@@ -50,33 +52,16 @@ async def test_a_stalled_loop_holds_simulated_time_and_time_never_goes_back() ->
             await pacer
     allowance_s = (0.01 + PACE_TICK_WALL_S) * clock.speed
     assert during - before <= allowance_s + 1e-6  # not the 30 s an unheld clock moves
-    assert 0.0 < after - during < 30.0
-    assert 0.25 <= clock.held_wall_s <= 0.35
-    assert clock.stalled_wall_s == clock.held_wall_s
-    assert 0.25 <= clock.longest_stall_wall_s <= 0.35
+    assert after > during  # it runs again once the loop does
+    assert clock.held_wall_s >= 0.3 - 0.01 - PACE_TICK_WALL_S
+    assert clock.longest_stall_wall_s >= 0.3 - 0.01 - PACE_TICK_WALL_S
+    assert clock.stalled_wall_s == clock.held_wall_s  # nothing held by hand
+    # what it held is exactly what it lags a clock that was never held
+    assert free.elapsed_s() - clock.elapsed_s() == pytest.approx(
+        clock.speed * clock.held_wall_s, abs=0.01)
     assert len(seen) > 100 and all(b >= a for a, b in itertools.pairwise(seen))
     with pytest.raises(ValueError, match="cannot be shared"):
         clock.to_json()
-
-
-async def test_an_unpaced_clock_runs_with_the_wall_and_a_paced_one_when_the_loop_is_free() -> None:
-    free = SimClock(start=START, speed=50.0)
-    paced = SimClock(start=START, speed=50.0)
-    pacer = asyncio.create_task(paced.pace())
-    try:
-        await asyncio.sleep(0.01)
-        stall_the_loop(0.1)
-        assert free.elapsed_s() == pytest.approx(5.5, abs=1.0)  # ×50 through the stall
-        await asyncio.sleep(0.2)
-    finally:
-        pacer.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await pacer
-    assert paced.held_wall_s > 0.05
-    # after the stall the paced clock ran with the wall again: 0.2 s wall is 10 s
-    assert free.elapsed_s() - paced.elapsed_s() == pytest.approx(
-        50.0 * paced.held_wall_s, abs=0.01)
-    assert paced.held_wall_s < 0.1
 
 
 async def test_sleep_until_waits_out_time_held_meanwhile() -> None:
@@ -118,8 +103,9 @@ async def test_a_clock_held_by_hand_stands_still_paced_or_not_and_is_no_stall() 
         assert clock.time() == at
         clock.release()
         await asyncio.sleep(0.05)
-        assert 2.0 < clock.time() - at < 10.0
-        assert clock.held_wall_s >= 0.1 and clock.stalled_wall_s < 0.05
+        assert clock.time() > at
+        # the time held by hand is held, and no stall of the loop
+        assert clock.held_wall_s - clock.stalled_wall_s >= 0.1
         if pacer is not None:
             pacer.cancel()
             with pytest.raises(asyncio.CancelledError):

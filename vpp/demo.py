@@ -196,8 +196,9 @@ class Demo:
 
     async def _first_plan(self) -> None:
         """Wait, simulated time held, until the controller has put a plan in force."""
-        assert self.services is not None and self.services.controller is not None
+        assert self.services is not None
         ctrl = self.services.controller
+        assert ctrl is not None
         deadline = time.monotonic() + START_PLANNED_WALL_S
         while ctrl.state.schedule is None:
             self.services.check()

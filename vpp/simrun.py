@@ -156,10 +156,17 @@ class ScenarioRun:
     def report(self) -> dict[str, Any]:
         rep = self.demo.report()
         sc = self.scenario
-        at_faults = violations_at_faults(self.demo.stats.violations, self.fault_spans())
+        spans = self.fault_spans()
+        at_faults = violations_at_faults(self.demo.stats.violations, spans)
         rep.update({
             "cap_violation_at_faults_s": at_faults,
             "cap_violation_elsewhere_s": rep["cap_violation_s"] - at_faults,
+            # where they were: each stretch over the cap, and the fault it was at if any
+            "cap_violations": [
+                {"from": _iso(t0, sc), "to": _iso(t1, sc), "s": round(dt, 2),
+                 "at_fault": next((label for s0, s1, label in spans
+                                   if at_edge(t0, s0, s1) or at_edge(t1 - 1.0, s0, s1)), None)}
+                for t0, t1, dt in violation_stretches(self.demo.stats.violations)],
             "start": sc.start.isoformat(),
             "end": (sc.start + timedelta(hours=rep["sim_hours"])).isoformat(),
             "warmup_s": sc.warmup_s,
@@ -211,9 +218,27 @@ def violations_at_faults(violations: Sequence[tuple[float, float]],
     end (a device failing, or coming back and taking up its setpoint), and a plant step
     before it too: the fault's time is stamped as the injector logs it, which may be just
     after the plant stepped into it."""
-    edges = sorted({t for s, e, _ in spans for t in (s, e)})
-    return sum(dt for t, dt in violations
-               if any(-1.0 <= t - edge <= FAULT_GRACE_S for edge in edges))
+    return sum(dt for t, dt in violations if any(at_edge(t, s, e) for s, e, _ in spans))
+
+
+def at_edge(t_s: float, start_s: float, end_s: float) -> bool:
+    """Whether ``t_s`` is within :data:`FAULT_GRACE_S` after a fault's start or end (or a
+    plant step before it, see :func:`violations_at_faults`)."""
+    return any(-1.0 <= t_s - edge <= FAULT_GRACE_S for edge in (start_s, end_s))
+
+
+def violation_stretches(violations: Sequence[tuple[float, float]]
+                        ) -> list[tuple[float, float, float]]:
+    """The meter's seconds over the cap, (time, seconds) per plant step, joined into
+    stretches of consecutive steps: (start_s, end_s, seconds over)."""
+    out: list[tuple[float, float, float]] = []
+    for t, dt in violations:
+        if out and abs(t - out[-1][1]) <= 1e-6:
+            t0, _, total = out[-1]
+            out[-1] = (t0, t + dt, total + dt)
+        else:
+            out.append((t, t + dt, dt))
+    return out
 
 
 def _iso(t_s: float, sc: Scenario) -> str:

@@ -8,6 +8,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = ROOT / "tests" / "data" / "scenario-midday-short.toml"
 DEMO_KEYS = ("site", "start", "end", "seed", "speed", "sim_hours", "wall_seconds",
@@ -43,7 +45,9 @@ def test_vpp_sim_run_writes_the_report_and_the_plots(tmp_path: Path) -> None:
     # paced clock, but readings taken milliseconds apart are seconds of ramp apart here
     step = rep["control_interval_s"]
     assert rep["cap_violation_s"] <= 5 * step, (rep["cap_violation_s"], res.stderr[-3000:])
-    assert rep["cap_violation_elsewhere_s"] <= step  # nearly all where a fault began or ended
+    assert rep["cap_violation_elsewhere_s"] <= step, rep["cap_violations"]  # nearly all at faults
+    assert sum(v["s"] for v in rep["cap_violations"]) == pytest.approx(
+        rep["cap_violation_s"], abs=0.01 * len(rep["cap_violations"]) + 1e-6)
     assert rep["energy_balance_error_ratio"] < 1e-3
     assert [(f["device"], f["kind"], f["action"]) for f in rep["faults"]] == [
         ("bess1", "trip", "start"), ("bess1", "trip", "end"), ("pcc", "offline", "start"),
@@ -67,6 +71,15 @@ def test_fault_spans_pair_starts_with_ends_and_run_to_the_end() -> None:
         (10.0, 30.0, "bess1 trip"), (15.0, 25.0, "bess1 BMS trip (hot)"),
         (20.0, 100.0, "pcc offline"), (40.0, 50.0, "wf1 drop"),
         (60.0, 100.0, "bess1 BMS trip (hot)")]
+
+
+def test_violations_are_joined_into_stretches_of_consecutive_plant_steps() -> None:
+    from vpp.simrun import violation_stretches
+
+    steps = [(100.0, 1.0), (101.0, 1.0), (102.0, 0.5), (110.0, 1.0), (112.0, 1.0)]
+    assert violation_stretches(steps) == [(100.0, 102.5, 2.5), (110.0, 111.0, 1.0),
+                                          (112.0, 113.0, 1.0)]
+    assert violation_stretches([]) == []
 
 
 def test_violations_count_at_a_fault_within_a_minute_of_its_start_or_end() -> None:

@@ -18,8 +18,22 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from typing import Protocol
 
 PACE_TICK_WALL_S = 0.002  # [wall s] how often the pacer looks at the event loop
+
+
+class TimeSource(Protocol):
+    speed: float
+
+    def time(self) -> float: ...
+
+
+async def sleep_until_s(clock: TimeSource, t_s: float) -> None:
+    """Sleep until the clock reads ``t_s`` [simulated POSIX s]: later in wall time if it
+    is held meanwhile (``SimClock.pace``), never earlier."""
+    while (left_s := t_s - clock.time()) > 1e-6:  # noqa: ASYNC110 (time, not an event)
+        await asyncio.sleep(left_s / clock.speed)
 
 
 def pace_max_lag_wall_s(speed: float) -> float:
@@ -107,10 +121,8 @@ class SimClock:
         await self.sleep_until_s(t.timestamp())
 
     async def sleep_until_s(self, t_s: float) -> None:
-        """Sleep until simulated POSIX time ``t_s`` [s] (later in wall time if the clock is
-        held meanwhile)."""
-        while (left_s := t_s - self.time()) > 1e-6:  # noqa: ASYNC110 (time, not an event)
-            await asyncio.sleep(left_s / self.speed)
+        """Sleep until simulated POSIX time ``t_s`` [s] (see :func:`sleep_until_s`)."""
+        await sleep_until_s(self, t_s)
 
     async def pace(self, *, max_lag_wall_s: float | None = None) -> None:
         """Hold simulated time while this event loop is late by more than ``max_lag_wall_s``

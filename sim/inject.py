@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 
+from sim.clock import sleep_until_s
 from sim.modbus_server import SENTINEL, Fault, FaultKind, ModbusTcpDeviceServer
 from sim.plant import Plant
 from sim.scenario import Fault as ScenarioFault
@@ -162,7 +163,7 @@ class FaultInjector:
         return fid
 
     async def _end_after(self, fault_id: int, duration_s: float) -> None:
-        await asyncio.sleep(duration_s / getattr(self.sim.clock, "speed", 1.0))
+        await sleep_until_s(self.sim.clock, self.sim.clock.time() + duration_s)
         if fault_id in self.active:
             self.end(fault_id)
 
@@ -188,9 +189,7 @@ class FaultInjector:
     async def _run(self) -> None:
         clock = self.sim.clock
         for t_s, order, k, f in self._timeline():
-            wait = t_s - clock.time()
-            if wait > 0:
-                await asyncio.sleep(wait / getattr(clock, "speed", 1.0))
+            await sleep_until_s(clock, t_s)
             if order:
                 self._scheduled[k] = self.start(f)
             elif self._scheduled.get(k) in self.active:

@@ -20,12 +20,12 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import pvlib
 
+from sim.clock import TimeSource, sleep_until_s
 from sim.spec import PlantSpec
 from sim.weather import MINUTES_PER_DAY, Weather
 
@@ -48,12 +48,6 @@ class NwpSpec:
     temp_sd_0_k: float = 0.5
     temp_sd_72_k: float = 2.5
     error_memory_h: float = 6.0  # autocorrelation time of the error across lead times
-
-
-class Clock(Protocol):
-    speed: float
-
-    def time(self) -> float: ...
 
 
 class WeatherForecaster:
@@ -167,7 +161,7 @@ def read_forecast(path: Path) -> pd.DataFrame:
     return df
 
 
-async def publish(forecaster: WeatherForecaster, clock: Clock, path: Path) -> None:
+async def publish(forecaster: WeatherForecaster, clock: TimeSource, path: Path) -> None:
     """Issue at once (the latest scheduled issue), then at every issue time; runs until
     cancelled."""
     every = forecaster.nwp.issue_every_h * 3600.0
@@ -178,6 +172,4 @@ async def publish(forecaster: WeatherForecaster, clock: Clock, path: Path) -> No
         log.info("weather forecast issued at %s written to %s",
                  pd.Timestamp(t, unit="s", tz="UTC").isoformat(), path)
         t += every
-        # a held clock is late in wall time: never issue early
-        while (left_s := t - clock.time()) > 0:  # noqa: ASYNC110 (time, not an event)
-            await asyncio.sleep(left_s / clock.speed)
+        await sleep_until_s(clock, t)

@@ -8,9 +8,9 @@ import math
 from collections import defaultdict
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 from drivers.profile import load_profile
+from sim.clock import TimeSource
 from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
 from sim.nwp import WeatherForecaster, publish
 from sim.plant import Plant
@@ -24,12 +24,6 @@ SUNSPEC_BATTERY_MODELS = (1, 701, 702, 713, 704)
 def _sf(largest: float, raw_max: int = 32767) -> float:
     """The smallest scale factor >= 0 that fits ``largest`` in ``raw_max`` raw units."""
     return float(max(0, math.ceil(math.log10(max(abs(largest), 1.0) / raw_max))))
-
-
-class TimeSource(Protocol):
-    speed: float
-
-    def time(self) -> float: ...
 
 
 class SimulatedPlant:

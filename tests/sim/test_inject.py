@@ -129,16 +129,16 @@ async def test_a_held_clock_holds_the_faults_timeline(demo_config: SiteConfig) -
     clock = SimClock(start=START, speed=100.0)
     scenario = _scenario(Fault(at_h=10 / 3600, duration_s=10, device="bess1",
                                kind=FaultType.TRIP))
+    clock.hold()
     async with SimulatedPlant(plant_spec(cfg), clock=clock, seed=2) as sim, \
             FaultInjector(sim, scenario) as inj:
-        clock.hold()
         await asyncio.sleep(0.2)  # 20 simulated s, had it run
         assert not inj.events
         clock.release()
         while len(inj.events) < 2:  # noqa: ASYNC110 (watching from outside)
             await asyncio.sleep(0.01)
     start, end = inj.events
-    assert start.t_s >= START.timestamp() + 10.0 and end.t_s >= start.t_s + 10.0
+    assert start.t_s >= START.timestamp() + 10.0 and end.t_s >= START.timestamp() + 20.0
 
 
 async def test_overlapping_faults_in_one_place_hand_it_back_to_the_one_still_in_force(

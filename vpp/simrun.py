@@ -93,7 +93,10 @@ class ScenarioRun:
             speed=speed or scenario.speed, seed=scenario.seed,
             ephemeral_ports=ephemeral_ports, data_dir=data_dir,
             control_interval_s=control_interval_s, adjust_spec=scenario_spec(scenario),
-            perfect_foresight=perfect_foresight))
+            perfect_foresight=perfect_foresight,
+            # the warm-up starts with the controller's first plan: how long the machine
+            # takes to fit the first forecasts is no part of the scenario
+            start_planned=True))
         self.injector = FaultInjector(self.demo.sim, scenario)
         self.forecasts = ForecastRecorder()
         self._tasks: list[asyncio.Task[None]] = []

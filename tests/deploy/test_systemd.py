@@ -22,6 +22,7 @@ from typer.main import get_command
 from tests.conftest import require_tool
 from vpp.cli import app
 from vpp.config import load_config
+from vpp.devices import parse_shard
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "deploy" / "systemd"
@@ -65,8 +66,9 @@ def _venv_copy(unit: Path, tmp_path: Path) -> Path:
     return copy
 
 
-def test_both_units_are_there() -> None:
-    assert [u.name for u in UNITS] == ["county-vpp-sim.service", "county-vpp.service"]
+def test_the_units_are_there() -> None:
+    assert [u.name for u in UNITS] == ["county-vpp-poll@.service", "county-vpp-sim.service",
+                                       "county-vpp.service"]
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
@@ -151,6 +153,31 @@ def test_the_sim_unit_serves_the_site_file_the_controller_runs() -> None:
     forecast = argv[argv.index("--forecast-file") + 1]
     state = _settings(SYSTEMD / "county-vpp-sim.service")["StateDirectory"]
     assert forecast.startswith(f"/var/lib/{state[-1]}/")
+
+
+def test_the_poll_template_runs_the_shard_its_instance_names(systemd_analyze: str,
+                                                            tmp_path: Path) -> None:
+    """county-vpp-poll@2-4.service (systemd-escape's name for shard 2/4) runs ``vpp poll
+    --shard 2/4``: %I is the instance as systemd unescapes it."""
+    escape = require_tool("systemd-escape", "systemd")
+    unit = SYSTEMD / "county-vpp-poll@.service"
+    argv = _exec_start(unit)
+    assert argv[1:4] == ["poll", "--shard", "%I"]
+    assert argv[argv.index("--config") + 1] == "/etc/county-vpp/site.toml"
+    assert _settings(unit)["RestartPreventExitStatus"] == ["2"]  # vpp poll's refused --shard
+
+    def run(*args: str) -> str:
+        res = subprocess.run([escape, *args], capture_output=True, text=True, timeout=60,
+                             check=True)
+        return res.stdout.strip()
+    name = run("--template", unit.name, "2/4")
+    assert name == "county-vpp-poll@2-4.service"
+    assert parse_shard(run("--unescape", name.split("@")[1].removesuffix(".service"))) == (2, 4)
+    # and the instance passes verify (the template's copy, as above)
+    _venv_copy(unit, tmp_path)
+    res = subprocess.run([systemd_analyze, "verify", "--man=no", name], capture_output=True,
+                         text=True, timeout=60, check=False, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout + res.stderr == "", res.stdout + res.stderr
 
 
 def test_sysusers_creates_the_user_with_its_state_directory_as_home(

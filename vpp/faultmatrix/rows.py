@@ -19,8 +19,9 @@ from vpp.faultmatrix.probe import POLL_WALL_S, Probe, Row, RowFn
 
 FLOOD_COMMANDS = 1000
 FLOOD_CONCURRENCY = 16  # requests in flight at once
-# the trip's row is judged to the second: at this speed a pause of the event loop of
-# 40 ms wall is 1 simulated s, not the 8 s it is at the matrix's ×200
+# the trip's row is judged to the second: at this speed the wall time of the loop's Modbus
+# reads and writes (a few ms each) is a fraction of a simulated second, not seconds as at
+# the matrix's ×200
 TRIP_SPEED = 25.0
 KILL_TEST = "tests/faults/test_kill_restart.py"
 DATABASE_TEST = "tests/faults/test_database_down.py"

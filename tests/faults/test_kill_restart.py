@@ -28,6 +28,11 @@ from vpp.storage import Storage
 pytestmark = pytest.mark.e2e
 
 SPEED = 60.0
+START = datetime.fromisoformat("2026-04-15T11:00:00+08:00")
+# simulated: the controller takes control meanwhile (its start is 5.8 s wall here, 11 s with
+# both cores busy; a clock shared by two processes is not paced); the meter's books open
+# after it, and the kill comes only once they are open
+WARMUP_S = 1200.0
 CLI = [sys.executable, "-m", "vpp.cli"]
 
 
@@ -67,8 +72,8 @@ def test_kill_9_then_restart_resumes_from_storage(tmp_path: Path,
     logs = {name: (tmp_path / f"{name}.out").open("w") for name in ("sim", "first", "second")}
     sim = subprocess.Popen(
         [*CLI, "sim", "serve", str(site), "--speed", str(SPEED),
-         "--start", "2026-04-15T11:00:00+08:00", "--clock-file", str(clock),
-         "--report", str(books), "--warmup", "600", "--control-port", "0"],
+         "--start", START.isoformat(), "--clock-file", str(clock),
+         "--report", str(books), "--warmup", str(WARMUP_S), "--control-port", "0"],
         cwd=tmp_path, stdout=logs["sim"], stderr=subprocess.STDOUT, text=True)
     first = second = None
     try:
@@ -82,6 +87,10 @@ def test_kill_9_then_restart_resumes_from_storage(tmp_path: Path,
         first = start("first")
         health = _wait(lambda: (h := httpx.get(f"{api}/health", timeout=5).json())
                        .get("dispatch") and h, 90, "the first plan")
+        books_open = START + timedelta(seconds=WARMUP_S)
+        health = _wait(lambda: (h := httpx.get(f"{api}/health", timeout=5).json())
+                       and datetime.fromisoformat(h["time"]) > books_open and h, 60,
+                       "the meter's books open")
         sim_now = datetime.fromisoformat(health["time"])
         effective = sim_now + timedelta(hours=1)
         cap = httpx.post(f"{api}/commands/cap", timeout=10,

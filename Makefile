@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 # the suite's runs are mostly simulated time and waits on other processes: two workers
-# (pytest-xdist, idle ones taking tests from the busy: worksteal) on two cores take about
-# 6 minutes here against 9.5 for one
+# (pytest-xdist, idle ones taking tests from the busy: worksteal) on two cores took 5.5 to
+# 9.5 minutes on this project's machines, against 9.5 to 11.5 for one
 TEST_WORKERS ?= 2
 
 .PHONY: demo test lint typecheck clean bench bench-county bench-forecast bench-dispatch \

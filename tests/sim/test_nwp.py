@@ -87,18 +87,22 @@ def test_the_file_is_rewritten_whole_and_read_back(tmp_path: Path,
 
 
 async def test_publish_issues_on_schedule(tmp_path: Path, demo_config: SiteConfig) -> None:
-    """At ×7200 a 6 h issue interval is 3 s of wall time."""
+    """At ×7200 a 6 h issue interval is 3 s of wall time. The clock is held at 05:59:58
+    until the first issue is read: 2 simulated s are 0.3 ms of wall time, less than an
+    issue takes to write."""
     fc = _forecaster(demo_config)
     clock = SimClock(start=datetime(2026, 4, 11, 5, 59, 58, tzinfo=UTC), speed=7200.0)
+    clock.hold()
     path = tmp_path / "forecast.csv"
     task = asyncio.create_task(publish(fc, clock, path))
     try:
-        for _ in range(200):
+        for _ in range(500):
             if path.exists():
                 break
             await asyncio.sleep(0.02)
         assert read_forecast(path)["issued_at"].iloc[0] == datetime(2026, 4, 11, 0,
                                                                     tzinfo=UTC)
+        clock.release()
         for _ in range(200):  # the 06:00 issue follows a few simulated seconds later
             await asyncio.sleep(0.02)
             if read_forecast(path)["issued_at"].iloc[0].hour == 6:

@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -107,6 +108,7 @@ ESTIMATE_MARGIN_RATIO = 0.03
 HEARTBEAT_VERIFY_EVERY = 3  # heartbeats read back: one in this many
 DOWNSAMPLE_LAG = timedelta(minutes=10)  # buckets are made once this much older
 DOWNSAMPLE_EVERY_WALL_S = 60.0
+CONTROL_DELAY_STEPS = 20  # a cut's lead covers the slowest of this many recent steps
 REACTIVE = "reactive"  # dispatch.planner: no plan, the real-time limiter alone
 # flexible-load status register values (drivers/profiles/generic-flex-load.yaml)
 FLEX_DONE, FLEX_MISSED = 4, 5
@@ -240,6 +242,8 @@ class Controller:
         self._unsettled: list[asyncio.Future[Any]] = []  # writes a command's answer awaits
         self._alarm_pending: dict[str, datetime] = {}  # condition seen since, not yet raised
         self.trend = Trend(step_s=max(60.0, self.control_interval_s))
+        # [s] how long after its due time each recent control step had written its limits
+        self._control_delays_s: deque[float] = deque(maxlen=CONTROL_DELAY_STEPS)
 
     # -- history ----------------------------------------------------------------------------
 
@@ -325,9 +329,11 @@ class Controller:
                 log.exception("%s failed; the loop goes on", step.__name__)
                 if self.metrics is not None:
                     self.metrics.loop_errors.labels(self.config.site.id, step.__name__).inc()
-            if step == self.control_step and self.metrics is not None:
-                self.metrics.control_lag.set(max(0.0, (started - nxt).total_seconds())
-                                             / self.clock.speed)
+            if step == self.control_step:
+                self._control_delays_s.append(max(0.0, (self.clock.now() - nxt).total_seconds()))
+                if self.metrics is not None:
+                    self.metrics.control_lag.set(max(0.0, (started - nxt).total_seconds())
+                                                 / self.clock.speed)
             # a step woken early starts the interval again (adding it to a time still ahead
             # would look like a clock set back, and run the step again at once)
             nxt = (started if woken else nxt) + timedelta(seconds=interval_s)
@@ -440,6 +446,14 @@ class Controller:
         """The cap in force at ``t`` [W]: the last cap instruction effective by then (else
         the configured cap), less any demand response in force."""
         return self.instructions.cap_at(t)
+
+    def cut_lead_s(self) -> float:
+        """How far ahead the real-time loop meets a cut of the cap [s]: the next step may
+        be the last before it takes effect, that step writes its limits as late after its
+        due time as recent steps did, and the plant then needs up to a step to follow.
+        Milliseconds of delay at real time; at ×600 a busy host's few milliseconds late
+        are seconds of simulated time, and a fixed lead of two steps was missed."""
+        return 2 * self.control_interval_s + max(self._control_delays_s, default=0.0)
 
     def lowest_cap_w(self) -> float:
         """The lowest cap in force now or instructed for later [W]."""
@@ -686,9 +700,9 @@ class Controller:
         if estimated:
             export = self._export_from_devices(polled, gens, bats)
             estimated = export is not None
-        # a cut announced for the next steps is met already: limits need a step to act
+        # a cut announced for the next steps is met already
         cap = min(self.export_cap_at(now), self.export_cap_at(
-            now + timedelta(seconds=2 * self.control_interval_s)))
+            now + timedelta(seconds=self.cut_lead_s())))
         self.state.export_cap_w = self.export_cap_at(now)
         params = self.enforce_params
         if estimated:

@@ -33,6 +33,9 @@ ILLEGAL_ADDRESS = 2
 ILLEGAL_VALUE = 3
 DEVICE_FAILURE = 4
 GATEWAY_TARGET_FAILED = 11
+# asyncio attaches a connection to its server one loop turn after accepting it, and starts
+# its handler two turns later: a stopping server gives them this many
+ACCEPT_LOOP_TURNS = 4
 
 
 class ModbusReplyError(Exception):
@@ -139,6 +142,21 @@ class SimUnit:
         raise ModbusReplyError(ILLEGAL_ADDRESS)
 
 
+async def stop_accepting(server: asyncio.Server) -> None:
+    """Stop ``server`` taking connections without closing it yet, and give the ones it
+    accepted a moment ago the loop turns asyncio needs to attach them and start their
+    handlers; close it after this.
+
+    Closed at once, a server leaks the socket of a connection it accepted on the loop turn
+    before: on Python 3.11 the accept task fails its assertion that the server is open and
+    drops the socket unclosed (python/cpython#109564, open)."""
+    loop = asyncio.get_running_loop()
+    for sock in server.sockets:
+        loop.remove_reader(sock.fileno())
+    for _ in range(ACCEPT_LOOP_TURNS):
+        await asyncio.sleep(0)
+
+
 class ModbusTcpDeviceServer:
     """Serves a set of unit ids on one host:port."""
 
@@ -162,20 +180,19 @@ class ModbusTcpDeviceServer:
     async def stop(self) -> None:
         if self._server is None:
             return
-        self._stopping = True
+        self._stopping = True  # until the next start: a handler that starts late aborts
+        await stop_accepting(self._server)
         self._server.close()
-        # A connection accepted just now has a handler task that has not run yet: let it
-        # start (it sees _stopping and aborts), then abort the live ones. Aborting the
-        # transports ends each handler's read; cancelling the handler tasks instead trips
-        # asyncio's stream callback on Python 3.11.
-        for _ in range(3):
+        # the handlers of connections accepted just now have started (they saw _stopping and
+        # aborted); abort the live ones. Aborting the transports ends each handler's read;
+        # cancelling the handler tasks instead trips asyncio's stream callback on Python 3.11.
+        for _ in range(ACCEPT_LOOP_TURNS):
             await asyncio.sleep(0)
             for writer in list(self._handlers.values()):
                 writer.transport.abort()
             await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
-        self._stopping = False
 
     def _pdu(self, unit_id: int, pdu: bytes) -> bytes:
         fc = pdu[0]

@@ -7,10 +7,12 @@ import asyncio
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
 from drivers import DeviceError, ModbusConnection, Table
+from sim.modbus_server import stop_accepting
 
 Answer = Callable[[int, int, int, int, asyncio.StreamWriter], Awaitable[None]]
 
@@ -26,9 +28,13 @@ async def scripted(answer: Answer) -> AsyncIterator[int]:
     """A server on a free port; ``answer(k, tid, unit, address, writer)`` handles the k-th
     request (counted over all connections)."""
     count = 0
+    handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         nonlocal count
+        task = asyncio.current_task()
+        assert task is not None
+        handlers[task] = writer
         try:
             while True:
                 head = await reader.readexactly(12)
@@ -38,13 +44,18 @@ async def scripted(answer: Answer) -> AsyncIterator[int]:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            handlers.pop(task, None)
             writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
+        await stop_accepting(server)
         server.close()
+        for w in list(handlers.values()):
+            w.transport.abort()
+        await asyncio.gather(*handlers, return_exceptions=True)
         await server.wait_closed()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import socket
 from datetime import UTC, datetime
 
 import pytest
@@ -159,6 +160,32 @@ async def test_strict_device_refuses_unmapped_registers_and_bad_frames() -> None
     finally:
         conn.close()
         await server.stop()
+
+
+async def test_a_connection_accepted_as_the_server_stops_is_closed_not_left_open() -> None:
+    """asyncio starts a connection's handler some loop turns after the connection is made:
+    one made just before ``stop`` is closed all the same, whichever turn stop comes on (left
+    open, its socket outlived the test's event loop)."""
+    profile = load_profile("generic-battery")
+    for turns in range(8):
+        server = ModbusTcpDeviceServer(host="127.0.0.1", port=0, units={
+            1: SimUnit(profile, lambda: {"active_power_w": 1.0, "soc": 0.5, "status": 0.0},
+                       lambda p, v: None)})
+        await server.start()
+        # connected in the kernel at once; the server's loop has not even accepted it yet
+        with socket.create_connection(("127.0.0.1", server.port), timeout=2.0) as client:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            await server.stop()
+            for _ in range(8):  # aborted transports close their sockets a turn later
+                await asyncio.sleep(0)
+            try:  # the server's end is closed: the client reads the end of the stream
+                got = await asyncio.to_thread(client.recv, 1)
+            except ConnectionError:
+                got = b""
+            except TimeoutError:
+                got = b"(still open)"
+            assert got == b"", turns
 
 
 async def test_huawei_markers_gains_and_signs_on_the_wire() -> None:

@@ -222,6 +222,7 @@ class Controller:
                                              import_limit_w=config.pcc.import_limit_w)
         self._replan = asyncio.Event()  # set: plan now, not at the next interval
         self._beat_withheld = False
+        self._beats_from: datetime | None = None  # when the heartbeat loop first ran
         self._implausible: set[str] = set()  # assets whose readings their ratings rule out
         self._export_range_w = export_range_w(config)
         # devices whose writes fail while their reads succeed (frozen: they repeat old
@@ -484,12 +485,16 @@ class Controller:
     async def heartbeat_step(self) -> None:
         """Beat only while control works: no successful step for a minute (half a typical
         device watchdog), no beat, and the devices' watchdogs take over."""
-        last = self.state.last_step_at
-        if last is None or (self.clock.now() - last).total_seconds() > max(
-                60.0, 3 * self.control_interval_s):
-            if not self._beat_withheld:
+        now, last = self.clock.now(), self.state.last_step_at
+        if self._beats_from is None:
+            self._beats_from = now
+        late_s = max(60.0, 3 * self.control_interval_s)
+        if last is None or (now - last).total_seconds() > late_s:
+            # at the start, no step yet is no fault until the time for one has passed
+            since = last if last is not None else self._beats_from
+            if not self._beat_withheld and (now - since).total_seconds() > late_s:
                 log.warning("no control step succeeded lately: heartbeat withheld")
-            self._beat_withheld = True
+                self._beat_withheld = True
             return
         if self._beat_withheld:
             log.warning("control steps succeed again: heartbeat resumed")

@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
+from pathlib import Path
 
 from amqtt.broker import Broker
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct TCP ports free on ``host`` now, for servers to bind soon after, drawn
+    at random below the OS's ephemeral range. A port from within it (what binding port 0
+    gives) may meanwhile go to another process's outgoing connection or bind to port 0,
+    and the server that was to listen on it finds it taken."""
+    try:
+        low = int(EPHEMERAL_RANGE_FILE.read_text(encoding="ascii").split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default range starts here, and so does the IANA's at 49152
+    pool = range(max(1024, low - 16384), low)
+    rng = random.SystemRandom()
+    ports: list[int] = []
+    for _ in range(100 * n):
+        port = rng.choice(pool)
+        if port not in ports and port_is_free(host, port):
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise OSError(f"no {n} free TCP ports on {host} in {pool.start}-{pool.stop - 1}")
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port the OS says is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port free on ``host`` now (see :func:`free_ports`)."""
+    return free_ports(1, host)[0]
 
 
 def port_is_free(host: str, port: int) -> bool:

@@ -240,8 +240,12 @@ def run(
     _logging(verbose)
     cfg = _load(config)
     clock = None if sim_clock is None else _sim_clock(sim_clock)
-    from vpp.service import serve
-    _run(serve(cfg, console, clock=clock, config_path=config))
+    from vpp.service import PortTakenError, serve
+    try:
+        _run(serve(cfg, console, clock=clock, config_path=config))
+    except PortTakenError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from None
 
 
 def _sim_clock(path: Path) -> Any:

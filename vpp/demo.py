@@ -174,6 +174,7 @@ class Demo:
         self.services = Services(self.config, clock=self.controller_clock,
                                  control_interval_s=self.control_interval_s,
                                  ephemeral_ports=self.options.ephemeral_ports,
+                                 move_taken_ports=True,
                                  data_dir=self.options.data_dir, history=self.history_frame(),
                                  weather_issues=self._weather_issues,
                                  oracle=self.actuals if self.options.perfect_foresight else None)

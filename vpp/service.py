@@ -49,12 +49,19 @@ class Urls:
     database: str = ""
 
 
+class PortTakenError(OSError):
+    """A server port of the configuration is held by another process."""
+
+
 class Services:
-    """Starts a controller with its interfaces; use as an async context manager."""
+    """Starts a controller with its interfaces; use as an async context manager.
+
+    A configured port that another process holds stops the start with ``PortTakenError``, or,
+    with ``move_taken_ports`` (the demo), is replaced by a free one."""
 
     def __init__(self, config: SiteConfig, *, clock: Clock, control_interval_s: float | None = None,
-                 ephemeral_ports: bool = False, data_dir: Path | None = None,
-                 history: pd.DataFrame | None = None,
+                 ephemeral_ports: bool = False, move_taken_ports: bool = False,
+                 data_dir: Path | None = None, history: pd.DataFrame | None = None,
                  weather_issues: list[pd.DataFrame] | None = None,
                  oracle: Callable[[datetime, int], dict[str, np.ndarray]] | None = None) -> None:
         self.config = config
@@ -62,6 +69,7 @@ class Services:
         self.clock = clock
         self.control_interval_s = control_interval_s
         self.ephemeral_ports = ephemeral_ports
+        self.move_taken_ports = move_taken_ports
         self.data_dir = data_dir
         self.history = history
         self.weather_issues = weather_issues or []
@@ -77,8 +85,17 @@ class Services:
         self.stopping = asyncio.Event()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
-    def _port(self, host: str, port: int) -> int:
-        return 0 if self.ephemeral_ports or not port_is_free(host, port) else port
+    def _port(self, field: str, host: str, port: int) -> int:
+        """The port to serve ``field`` on: 0 (any) for ephemeral ports."""
+        if self.ephemeral_ports:
+            return 0
+        if not port or port_is_free(host, port):
+            return port
+        if self.move_taken_ports:
+            log.warning("%s %d on %s is in use: a free port is taken instead", field, port, host)
+            return 0
+        raise PortTakenError(f"{field} = {port}: {host}:{port} is in use by another process; stop "
+                        f"it, or give {field} another port in the configuration")
 
     async def __aenter__(self) -> Services:
         try:
@@ -104,7 +121,7 @@ class Services:
             mq = cfg.mqtt
             host, port = mq.host, mq.port
             if mq.embedded:
-                self.broker = EmbeddedBroker(host=host, port=self._port(host, port))
+                self.broker = EmbeddedBroker(host=host, port=self._port("mqtt.port", host, port))
                 await self.broker.start()
                 port = self.broker.port
             self.mqtt = MqttBridge(
@@ -138,7 +155,7 @@ class Services:
             self.mqtt.on_command = MqttCommands(Commands(self.controller), self.tokens,
                                                 self.mqtt)
         self.api = ApiServer(create_app(self.controller, self.tokens), host=cfg.api.host,
-                             port=self._port(cfg.api.host, cfg.api.port))
+                             port=self._port("api.port", cfg.api.host, cfg.api.port))
         await self.api.start()
         self.urls.api = f"{self.api.url}/api/v1/health"
         self.urls.metrics = f"{self.api.url}/metrics"

@@ -29,6 +29,7 @@ import yaml
 from sqlalchemy.engine import make_url
 
 from tests.conftest import require_tool
+from vpp.broker import free_port
 from vpp.config import SiteConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,13 +243,6 @@ def test_the_containerfile_builds_what_compose_runs() -> None:
 # --- Mosquitto: the mounted configuration, run for real ------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[int]:
     """Mosquitto on a free loopback port, from the mounted mosquitto.conf with each container
@@ -258,7 +252,7 @@ def broker(tmp_path: Path) -> Iterator[int]:
         "mosquitto", "/mosquitto/config/mosquitto.conf").read_text().splitlines()
         if not line.startswith("#"))
     assert re.search(r"^listener 1883$", conf, re.M)
-    port = _free_port()
+    port = free_port()
     data = tmp_path / "data"
     data.mkdir()
 

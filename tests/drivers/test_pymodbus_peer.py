@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -24,12 +23,7 @@ from drivers.registers import encode
 from sim.modbus_server import ModbusTcpDeviceServer, SimUnit
 from tests.conftest import shipped_profiles
 from tests.drivers.test_modbus_sim import Recorder
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from vpp.broker import free_port
 
 
 def _register_blocks(profile: Profile, values: dict[str, float], table: Table) -> list[SimData]:
@@ -53,7 +47,7 @@ async def pymodbus_server(profile: Profile, values: dict[str, float],
     bits = [SimData(address=60000, values=[False], datatype=DataType.BITS)]
     filler = [SimData(address=60000, values=[0], datatype=DataType.REGISTERS)]
     device = SimDevice(id=unit_id, simdata=(bits, bits, holding or filler, inputs or filler))
-    port = _free_port()
+    port = free_port()
     server = ModbusTcpServer(device, address=("127.0.0.1", port))
     task = asyncio.create_task(server.serve_forever())
     try:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from tests.conftest import DEMO_CONFIG
+from vpp.broker import free_ports
 
 SPEED = 120.0
 # simulated: the controller process starts meanwhile (imports, storage, services: 5.8 s
@@ -21,21 +21,10 @@ WARMUP_S = 2400.0
 RUN_WALL_S = 20.0  # measured, after the warm-up
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _site(tmp_path: Path) -> Path:
     """The demo county on free ports, MQTT off, the API on any port, storage in tmp."""
     text = DEMO_CONFIG.read_text(encoding="utf-8")
-    ports = iter(_free_ports(5))
+    ports = iter(free_ports(5))
     text = re.sub(r"^port = 150\d\d", lambda m: f"port = {next(ports)}", text, flags=re.M)
     text = text.replace("[mqtt]\nenabled = true", "[mqtt]\nenabled = false")
     text = re.sub(r"(\[api\]\nhost = \"127.0.0.1\"\n)port = 8080", r"\1port = 0", text)

@@ -21,8 +21,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_two_processes import _free_ports, _site
+from tests.e2e.test_two_processes import _site
 from vpp.auth import Tokens
+from vpp.broker import free_port
 from vpp.storage import Storage
 
 pytestmark = pytest.mark.e2e
@@ -52,7 +53,7 @@ def _wait(pred: Any, timeout_s: float, what: str) -> Any:
 def test_kill_9_then_restart_resumes_from_storage(tmp_path: Path,
                                                   empty_database_url: str) -> None:
     site = _site(tmp_path)
-    api_port = _free_ports(1)[0]
+    api_port = free_port()
     text = site.read_text(encoding="utf-8")
     text = re.sub(r"(\[api\]\nhost = \"127.0.0.1\"\n)port = 0", rf"\1port = {api_port}", text)
     if not empty_database_url.startswith("sqlite"):

@@ -24,7 +24,7 @@ from drivers import load_profile as profile_of
 from drivers.remote import RemoteDevice
 from sim import SimClock
 from tests.conftest import DEMO_CONFIG, require_tool
-from tests.e2e.test_two_processes import _free_ports
+from vpp.broker import free_ports
 from vpp.config import SiteConfig, load_config
 from vpp.controller import Controller
 from vpp.devices import assign_shards
@@ -38,7 +38,7 @@ WAIT_S = 30.0  # the most any one condition below may take to come true
 def _site(tmp_path: Path, site_id: str, host: str, port: int) -> Path:
     """The demo county on free Modbus ports, polled by 2 shards via Mosquitto."""
     text = DEMO_CONFIG.read_text(encoding="utf-8")
-    ports = iter(_free_ports(5))
+    ports = iter(free_ports(5))
     text = re.sub(r"^port = 150\d\d", lambda m: f"port = {next(ports)}", text, flags=re.M)
     text = text.replace('id = "demo-county"', f'id = "{site_id}"')
     text = text.replace("[mqtt]\nenabled = true\nembedded = true\nhost = \"127.0.0.1\"\n"

@@ -14,6 +14,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -36,7 +37,8 @@ POSTGRES_ADMIN_URL = os.environ.get("VPP_TEST_POSTGRES_URL",
 
 
 class ManualClock:
-    """Simulated time for a served plant that moves only when a test sets ``t``."""
+    """Simulated time that moves only when a test sets ``t`` [POSIX s], for a served plant
+    or a controller whose steps a test calls itself."""
 
     speed = 1.0
 
@@ -45,6 +47,12 @@ class ManualClock:
 
     def time(self) -> float:
         return self.t
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.t, UTC)
+
+    async def sleep_until(self, t: datetime) -> None:
+        raise NotImplementedError("a manual clock is moved by the test, not waited on")
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from sim.clock import SimClock
+from tests.conftest import ManualClock
 from vpp.config import SiteConfig
 from vpp.controller import Controller
 
@@ -38,38 +39,23 @@ async def test_the_lead_on_a_cut_grows_with_how_late_the_steps_write(
         await ctrl.close()
 
 
-class SetClock:
-    """A clock a test sets by hand."""
-
-    speed = 1.0
-
-    def __init__(self, t: datetime) -> None:
-        self.t = t
-
-    def now(self) -> datetime:
-        return self.t
-
-    async def sleep_until(self, t: datetime) -> None:
-        raise AssertionError("not used")
-
-
 async def test_the_heartbeat_waits_for_the_first_step_and_warns_when_steps_stop(
         demo_config: SiteConfig, caplog: pytest.LogCaptureFixture) -> None:
-    clock = SetClock(T0)
+    clock = ManualClock(T0.timestamp())
     ctrl = Controller(demo_config, clock=clock, control_interval_s=6.0)
     caplog.set_level(logging.WARNING, logger="vpp.controller")
     try:
         await ctrl.heartbeat_step()  # starting: no step yet, no beat, and no fault either
-        clock.t = T0 + timedelta(seconds=30)
+        clock.t = T0.timestamp() + 30
         await ctrl.heartbeat_step()
         assert not caplog.records
-        clock.t = T0 + timedelta(seconds=61)  # still none after the time for one: withheld
+        clock.t = T0.timestamp() + 61  # still none after the time for one: withheld
         await ctrl.heartbeat_step()
         await ctrl.heartbeat_step()
         assert [r.getMessage() for r in caplog.records] == [
             "no control step succeeded lately: heartbeat withheld"]
         caplog.clear()
-        ctrl.state.last_step_at = clock.t - timedelta(seconds=61)  # a step, long ago
+        ctrl.state.last_step_at = clock.now() - timedelta(seconds=61)  # a step, long ago
         await ctrl.heartbeat_step()
         assert not caplog.records  # withheld still, and said once
     finally:

@@ -330,8 +330,10 @@ class Controller:
                 log.exception("%s failed; the loop goes on", step.__name__)
                 if self.metrics is not None:
                     self.metrics.loop_errors.labels(self.config.site.id, step.__name__).inc()
-            if step == self.control_step:
-                self._control_delays_s.append(max(0.0, (self.clock.now() - nxt).total_seconds()))
+            if step == self.control_step:  # a delay beyond a step is a stall or a clock
+                # stepped, not the loop's pace (the next step then starts at once)
+                self._control_delays_s.append(min(interval_s, max(
+                    0.0, (self.clock.now() - nxt).total_seconds())))
                 if self.metrics is not None:
                     self.metrics.control_lag.set(max(0.0, (started - nxt).total_seconds())
                                                  / self.clock.speed)
@@ -451,9 +453,9 @@ class Controller:
     def cut_lead_s(self) -> float:
         """How far ahead the real-time loop meets a cut of the cap [s]: the next step may
         be the last before it takes effect, that step writes its limits as late after its
-        due time as recent steps did, and the plant then needs up to a step to follow.
-        Milliseconds of delay at real time; at ×600 a busy host's few milliseconds late
-        are seconds of simulated time, and a fixed lead of two steps was missed."""
+        due time as recent steps did (up to a step), and the plant then needs up to a step
+        to follow. Milliseconds of delay at real time; at ×600 a busy host's few milliseconds
+        late are seconds of simulated time, and a fixed lead of two steps was missed."""
         return 2 * self.control_interval_s + max(self._control_delays_s, default=0.0)
 
     def lowest_cap_w(self) -> float:

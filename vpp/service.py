@@ -94,8 +94,8 @@ class Services:
         if self.move_taken_ports:
             log.warning("%s %d on %s is in use: a free port is taken instead", field, port, host)
             return 0
-        raise PortTakenError(f"{field} = {port}: {host}:{port} is in use by another process; stop "
-                        f"it, or give {field} another port in the configuration")
+        raise PortTakenError(f"{field} = {port}: {host}:{port} is in use by another process; "
+                             f"stop it, or give {field} another port in the configuration")
 
     async def __aenter__(self) -> Services:
         try:

@@ -35,6 +35,16 @@ async def test_the_lead_on_a_cut_grows_with_how_late_the_steps_write(
             await loop
         # the next step may be the last before the cut, and it writes ~4 s after it is due
         assert 16.0 <= ctrl.cut_lead_s() <= 17.0
+
+        async def stalled_step() -> None:  # a stall, or the clock stepped: not the loop's pace
+            await clock.sleep(60.0)
+        ctrl.control_step = stalled_step  # type: ignore[method-assign]
+        loop = asyncio.create_task(ctrl._every(6.0, ctrl.control_step))
+        await clock.sleep(70.0)
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loop
+        assert ctrl.cut_lead_s() == 18.0  # counted as a step late at most
     finally:
         await ctrl.close()
 

@@ -558,11 +558,13 @@ class Controller:
                                                  cancel_futures=True))
         if self._forecaster_pool is not None:
             # a round in progress is pure computation: stopped, not waited for (its CPU
-            # belongs to whatever runs next on this machine)
-            workers = list(getattr(self._forecaster_pool, "_processes", {}).values())
-            self._forecaster_pool.shutdown(wait=False, cancel_futures=True)
-            for proc in workers:
+            # belongs to whatever runs next on this machine); then the pool's manager
+            # thread, which reaps the process, is waited for (off the loop: on a busy host
+            # the reaping took seconds, and a thread outlived the controller)
+            for proc in list(getattr(self._forecaster_pool, "_processes", {}).values()):
                 proc.terminate()
+            await loop.run_in_executor(None, partial(self._forecaster_pool.shutdown,
+                                                     wait=True, cancel_futures=True))
         if self.storage is not None:  # the database still away at shutdown: stop waiting
             self.storage.stop_retrying()
         await loop.run_in_executor(None, self._io.shutdown, True)

@@ -314,25 +314,37 @@ class MqttBridge:
     async def _connections(self) -> None:
         backoff = 0.5
         while True:
+            stopped = False
             try:
                 async with self._client() as client:
                     self.connected = True
                     backoff = 0.5
                     log.info("MQTT connected to %s:%s as %s (%d messages waiting)", self.host,
                              self.port, self.client_id, len(self._buffer))
-                    await client.publish(f"{self.base}/status", json.dumps(
-                        {"schema": SCHEMA_VERSION, "state": "online"}), qos=1, retain=True)
-                    async with asyncio.TaskGroup() as tg:
-                        # the receiver also notices a lost connection at once
-                        tg.create_task(self._receive(client), name="vpp.mqtt.receive")
-                        tg.create_task(self._subscribe(client), name="vpp.mqtt.subscribe")
-                        tg.create_task(self._send(client), name="vpp.mqtt.send")
+                    try:
+                        await client.publish(f"{self.base}/status", json.dumps(
+                            {"schema": SCHEMA_VERSION, "state": "online"}), qos=1, retain=True)
+                        async with asyncio.TaskGroup() as tg:
+                            # the receiver also notices a lost connection at once
+                            tg.create_task(self._receive(client), name="vpp.mqtt.receive")
+                            tg.create_task(self._subscribe(client), name="vpp.mqtt.subscribe")
+                            tg.create_task(self._send(client), name="vpp.mqtt.send")
+                    except asyncio.CancelledError:
+                        stopped = True
+                        raise
             except* (aiomqtt.MqttError, OSError) as group:  # OSError: the TLS files
                 exc = group.exceptions[0]
-                log.warning("MQTT %s:%s%s: %s; retrying in %.1f s", self.host, self.port,
-                            f" (user {self.username!r})" if self.username else "", exc, backoff)
+                if not stopped:
+                    log.warning("MQTT %s:%s%s: %s; retrying in %.1f s", self.host, self.port,
+                                f" (user {self.username!r})" if self.username else "", exc,
+                                backoff)
             finally:
                 self.connected = self.subscribed = False
+            if stopped:
+                # cancelled, and the goodbye to the broker failed (its DISCONNECT not done
+                # in aiomqtt's 5 s: a dead link): that error replaced the cancellation, and
+                # taken for a lost connection it would reconnect, and never stop
+                raise asyncio.CancelledError
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.reconnect_max_s)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import io
 import itertools
 import json
 import logging
@@ -141,9 +142,16 @@ async def running(bridge: MqttBridge) -> asyncio.Task[None]:
     return asyncio.create_task(bridge.run(), name="test.mqtt")
 
 
-async def stop(task: asyncio.Task[None]) -> None:
+async def stop(task: asyncio.Task[None], within_s: float = 30.0) -> None:
+    """Cancel a bridge's task; one that does not end within ``within_s`` fails the test with
+    where it waits (a bridge must stop even with its broker gone)."""
     task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    done, _ = await asyncio.wait({task}, timeout=within_s)
+    if not done:
+        out = io.StringIO()
+        for t in asyncio.all_tasks():
+            t.print_stack(file=out)
+        raise AssertionError(f"the bridge did not stop within {within_s} s:\n{out.getvalue()}")
 
 
 def seqs(sub: Subscriber, topic: str = f"{BASE}/seq") -> list[int]:

@@ -33,7 +33,7 @@ import random
 import sqlite3
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -142,6 +142,26 @@ def tls_context(*, ca_file: str | None, cert_file: str | None, key_file: str | N
         ctx.check_hostname = False  # the certificate is still verified against the CA
     ctx.sslsocket_class = _ClosingSSLSocket
     return ctx
+
+
+async def _until_one_fails(coros: dict[str, Coroutine[Any, Any, None]]) -> None:
+    """Run the coroutines (by task name) until one raises or this task is cancelled, then
+    cancel the rest, wait for them, and raise that error (or the cancellation).
+
+    Not a TaskGroup: on Python 3.11 a TaskGroup whose child fails after its body has ended
+    cancels its parent task and never takes the request back (``cancelling()`` stays
+    raised), and a cancellation arriving with the connection's loss was swallowed with it:
+    the bridge reconnected instead of stopping."""
+    tasks = [asyncio.create_task(c, name=name) for name, c in coros.items()]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    for t in done:
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            raise exc
 
 
 class MqttBridge:
@@ -324,11 +344,10 @@ class MqttBridge:
                     try:
                         await client.publish(f"{self.base}/status", json.dumps(
                             {"schema": SCHEMA_VERSION, "state": "online"}), qos=1, retain=True)
-                        async with asyncio.TaskGroup() as tg:
-                            # the receiver also notices a lost connection at once
-                            tg.create_task(self._receive(client), name="vpp.mqtt.receive")
-                            tg.create_task(self._subscribe(client), name="vpp.mqtt.subscribe")
-                            tg.create_task(self._send(client), name="vpp.mqtt.send")
+                        # the receiver also notices a lost connection at once
+                        await _until_one_fails({"vpp.mqtt.receive": self._receive(client),
+                                                "vpp.mqtt.subscribe": self._subscribe(client),
+                                                "vpp.mqtt.send": self._send(client)})
                     except asyncio.CancelledError:
                         stopped = True
                         raise
@@ -340,10 +359,11 @@ class MqttBridge:
                                 backoff)
             finally:
                 self.connected = self.subscribed = False
-            if stopped:
-                # cancelled, and the goodbye to the broker failed (its DISCONNECT not done
-                # in aiomqtt's 5 s: a dead link): that error replaced the cancellation, and
-                # taken for a lost connection it would reconnect, and never stop
+            task = asyncio.current_task()
+            if stopped or (task is not None and task.cancelling()):
+                # cancelled: an error on the way out (the connection lost as the cancel came,
+                # a goodbye to the broker not done in aiomqtt's 5 s) replaced the
+                # cancellation; taken for a lost connection, it would reconnect, never stop
                 raise asyncio.CancelledError
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.reconnect_max_s)

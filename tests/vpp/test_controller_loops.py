@@ -18,32 +18,30 @@ from vpp.controller import Controller
 T0 = datetime(2026, 4, 15, 4, 0, tzinfo=UTC)
 
 
+async def _control_loop(ctrl: Controller, clock: SimClock, step_s: float,
+                        for_s: float) -> None:
+    """The controller's control loop for ``for_s`` simulated seconds, each step taking
+    ``step_s`` (its writes that late after it is due)."""
+    async def step() -> None:
+        await clock.sleep(step_s)
+    ctrl.control_step = step  # type: ignore[method-assign]
+    loop = asyncio.create_task(ctrl._every(6.0, ctrl.control_step))
+    await clock.sleep(for_s)
+    loop.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await loop
+
+
 async def test_the_lead_on_a_cut_grows_with_how_late_the_steps_write(
         demo_config: SiteConfig) -> None:
     clock = SimClock(start=T0, speed=60.0)  # a millisecond late is 0.06 simulated s
     ctrl = Controller(demo_config, clock=clock, control_interval_s=6.0)
     try:
         assert ctrl.cut_lead_s() == 12.0  # nothing measured yet: two steps
-
-        async def slow_step() -> None:  # each step writes 4 simulated seconds after it is due
-            await clock.sleep(4.0)
-        ctrl.control_step = slow_step  # type: ignore[method-assign]
-        loop = asyncio.create_task(ctrl._every(6.0, ctrl.control_step))
-        await clock.sleep(20.0)
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+        await _control_loop(ctrl, clock, 4.0, 20.0)
         # the next step may be the last before the cut, and it writes ~4 s after it is due
         assert 16.0 <= ctrl.cut_lead_s() <= 17.0
-
-        async def stalled_step() -> None:  # a stall, or the clock stepped: not the loop's pace
-            await clock.sleep(60.0)
-        ctrl.control_step = stalled_step  # type: ignore[method-assign]
-        loop = asyncio.create_task(ctrl._every(6.0, ctrl.control_step))
-        await clock.sleep(70.0)
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loop
+        await _control_loop(ctrl, clock, 60.0, 70.0)  # a stall, or the clock stepped
         assert ctrl.cut_lead_s() == 18.0  # counted as a step late at most
     finally:
         await ctrl.close()
